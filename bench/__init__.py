@@ -1,0 +1,1 @@
+"""decodebench: measure fast LLM decoding methods the same honest way."""

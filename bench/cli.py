@@ -1,0 +1,158 @@
+"""The `bench` command line."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bench import models
+from bench.errors import BenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Measure fast LLM decoding methods honestly.")
+models_app = typer.Typer(no_args_is_help=True, help="Model presets and their cache.")
+app.add_typer(models_app, name="models")
+console = Console(width=None if sys.stdout.isatty() else 120)
+
+
+class Listing(str, Enum):
+    methods = "methods"
+    tasks = "tasks"
+    models = "models"
+
+
+@app.command()
+def run(
+    method: str = typer.Option(..., "--method", "-m", help="Decoding method (see `bench list methods`)."),
+    task: str = typer.Option(..., "--task", "-t", help="Task (see `bench list tasks`)."),
+    model: str = typer.Option(models.DEFAULT_MODEL, help="Preset name, hub id or local folder."),
+    draft: str | None = typer.Option(None, help="Draft model (preset, hub id or folder) for speculative methods."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
+    limit: int | None = typer.Option(None, help="Use the first N samples of the task."),
+    max_new_tokens: int = typer.Option(128, help="Maximum new tokens per generation."),
+    temperature: float = typer.Option(0.0, help="0 for greedy decoding; > 0 samples."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold (sampling only)."),
+    top_k: int = typer.Option(0, help="Top-k sampling (0: off; sampling only)."),
+    seed: int = typer.Option(0, help="Seed of the sampling generator."),
+    warmup: int = typer.Option(1, help="Untimed warm-up generations before measuring."),
+    baseline: bool = typer.Option(True, help="Also run the `ar` baseline on the same samples, interleaved."),
+    data_dir: str | None = typer.Option(None, help="Folder with the task data (else $DECODEBENCH_DATA, else hub)."),
+    out: str | None = typer.Option(None, help="Run directory (default: runs/TASK/METHOD-MODEL-DTYPE-HASH)."),
+) -> None:
+    """Run a method on a task; resumes the run directory if it exists with the same config."""
+    from bench.runner import RunConfig
+    from bench.runner import run as run_bench
+
+    config = RunConfig(
+        method=method,
+        task=task,
+        model=model,
+        draft=draft,
+        dtype=dtype,
+        device=device,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        warmup=warmup,
+        baseline=baseline,
+        data_dir=data_dir,
+        out=out,
+    )
+    config.validate()
+    result = run_bench(config, progress=sys.stderr.isatty())
+    print_summary(result.summaries)
+    console.print(f"results: {result.out}")
+
+
+def print_summary(summaries: list[dict]) -> None:
+    table = Table(title="summary")
+    for col in ("role", "method", "samples", "tokens", "tok/s", "tau", "speedup", "exact", "ttft ms", "tpot ms"):
+        table.add_column(col, justify="right")
+
+    def fmt(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for s in summaries:
+        if not s.get("samples"):
+            continue
+        table.add_row(
+            s["role"],
+            s["method"],
+            str(s["samples"]),
+            str(s["new_tokens"]),
+            fmt(s["tokens_per_s"], ".2f"),
+            fmt(s["tau"], ".3f"),
+            fmt(s["speedup"], ".3f"),
+            fmt(s["exact_rate"], ".2f"),
+            fmt(s["ttft_s_median"] and s["ttft_s_median"] * 1e3, ".1f"),
+            fmt(s["tpot_s_median"] and s["tpot_s_median"] * 1e3, ".1f"),
+        )
+    console.print(table)
+    ar_row = next((s for s in summaries if s.get("roofline_fraction")), None)
+    if ar_row:
+        console.print(
+            f"roofline: {ar_row['roofline_tokens_per_s']:.1f} tok/s; "
+            f"autoregressive reaches {ar_row['roofline_fraction']:.1%} of it"
+        )
+
+
+@app.command("list")
+def list_(what: Listing = typer.Argument(..., help="methods, tasks or models")) -> None:
+    """Show the registered methods, tasks or model presets, one line each."""
+    if what is Listing.methods:
+        from methods.base import METHODS, get_method
+
+        get_method("ar")
+        rows = [(n, c.description) for n, c in sorted(METHODS.items())]
+    elif what is Listing.tasks:
+        from tasks.base import TASKS, get_task
+
+        get_task("mtbench")
+        rows = [(n, c.description) for n, c in sorted(TASKS.items())]
+    else:
+        rows = [(p.name, p.description + (" [cached]" if _cached(p) else "")) for p in models.PRESETS.values()]
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
+        typer.echo(f"{name:<{width}}  {desc}")
+
+
+def _cached(preset: models.Preset) -> bool:
+    return preset.offline and (models.cache_dir() / preset.name / "hf" / "artifact.json").exists()
+
+
+@models_app.command("fetch")
+def fetch(preset: str = typer.Argument(..., help="An offline preset name (see `bench list models`).")) -> None:
+    """Download, verify (sha256) and cache an offline preset as safetensors."""
+    path: Path = models.fetch(preset)
+    typer.echo(f"{preset}: {path}")
+
+
+def main() -> None:
+    """Entry point: user-facing errors become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except BenchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished samples are saved; run the same command again to resume", err=True)
+        raise SystemExit(130) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(130) from None
+        raise

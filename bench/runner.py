@@ -1,0 +1,176 @@
+"""`bench run`: load the model and task, decode every sample with the method (and the AR baseline in the same
+process, interleaved per sample), and store each finished generation at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bench import environment, models
+from bench.errors import BenchError
+from bench.metrics import exactness, generation_record, summarize
+from bench.store import RunStore
+from bench.timing import Timer
+from methods.base import Method, get_method
+from methods.decode import Sampler, StopRule
+from tasks.base import Task, get_task
+
+BASELINE = "ar"
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. All fields but `limit`, `out`, `warmup` and `data_dir` must match to
+    resume a run directory."""
+
+    method: str
+    task: str
+    model: str = models.DEFAULT_MODEL
+    draft: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    max_new_tokens: int = 128
+    seed: int = 0
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    baseline: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+    limit: int | None = None
+    warmup: int = 1
+    data_dir: str | None = None
+    out: str | None = None
+
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise BenchError(f"--limit must be at least 1 (got {self.limit})")
+        if self.max_new_tokens < 1:
+            raise BenchError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
+        if self.temperature < 0:
+            raise BenchError(f"--temperature must be >= 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise BenchError(f"--top-p must be in (0, 1] (got {self.top_p})")
+        if self.top_k < 0 or self.warmup < 0:
+            raise BenchError("--top-k and --warmup must be >= 0")
+        models.resolve_dtype(self.dtype)
+
+    def identity(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("limit", "out", "warmup", "data_dir"):
+            d.pop(k)
+        return d
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
+        model = Path(self.model).name if Path(self.model).exists() else self.model.replace("/", "_")
+        return Path("runs") / self.task / f"{self.method}-{model}-{self.dtype}-{digest}"
+
+    def sampler(self) -> Sampler | None:
+        if self.temperature == 0:
+            return None
+        return Sampler(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
+
+
+@dataclass
+class RunResult:
+    out: Path
+    summaries: list[dict[str, Any]]
+
+
+def build_method(config: RunConfig, target: models.LoadedModel) -> Method:
+    cls = get_method(config.method)
+    options = dict(config.options)
+    if config.draft:
+        options["draft"] = models.load(config.draft, config.dtype, config.device)
+    return cls(target, config.sampler(), **options)
+
+
+def run(config: RunConfig, progress: bool = True) -> RunResult:
+    """Run (or resume) one method on one task; returns the run directory and the summaries."""
+    config.validate()
+    task: Task = get_task(config.task)(config.data_dir)
+    method_cls = get_method(config.method)
+    samples = task.load(config.limit)
+    if not samples:
+        raise BenchError(f"task {config.task} has no samples")
+    target = models.load(config.model, config.dtype, config.device)
+    method = build_method(config, target)
+    baseline = None
+    if config.baseline and config.method != BASELINE:
+        baseline = get_method(BASELINE)(target, config.sampler())
+    env = environment.describe(target.device)
+    manifest_config = config.identity() | {"model_artifact": target.artifact, "task_data": str(task.data_dir)}
+    store = RunStore.open(config.out_dir(), manifest_config, env)
+
+    eos = frozenset(target.eos_ids())
+    tokenizer = target.tokenizer
+    prompts = {s.id: task.prompt_ids(s, tokenizer) for s in samples}
+    pending = [s for s in samples if not store.has("method", s.id) or (baseline and not store.has("baseline", s.id))]
+    runners = [("baseline", baseline), ("method", method)] if baseline else [("method", method)]
+
+    def decode(m: Method, prompt_ids: list[int], max_new: int):
+        stop = StopRule(max_new, eos, task.stop_strings, tokenizer)
+        if m.sampler is not None:
+            m.sampler.reset()
+        return m.generate(prompt_ids, stop, Timer(target.device))
+
+    if pending:
+        for _ in range(config.warmup):
+            for _, m in runners:
+                decode(m, prompts[pending[0].id], min(16, config.max_new_tokens))
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not progress,
+    ) as bar:
+        job = bar.add_task(f"{config.method} on {config.task}", total=len(samples))
+        bar.update(job, completed=len(samples) - len(pending))
+        for sample in pending:
+            ids = prompts[sample.id]
+            for role, m in runners:
+                if store.has(role, sample.id):
+                    continue
+                decoded = decode(m, ids, config.max_new_tokens)
+                text = tokenizer.decode(decoded.tokens, skip_special_tokens=True)
+                record = generation_record(role, m.name, sample.id, decoded, text)
+                record["prompt_tokens"] = len(ids)
+                record["category"] = sample.meta.get("category")
+                reference = store.get("baseline", sample.id)
+                if role == "method" and reference and m.sampler is None and method_cls.lossless:
+                    record.update(exactness(target.model, ids, reference["token_ids"], decoded.tokens))
+                store.append(record)
+            bar.advance(job)
+
+    ids = {s.id for s in samples}
+    base_records = [r for r in store.records("baseline") if r["prompt_id"] in ids]
+    summaries = []
+    if baseline:
+        summaries.append(summarize(base_records, base_records) | {"role": "baseline"})
+    method_records = [r for r in store.records("method") if r["prompt_id"] in ids]
+    summaries.append(summarize(method_records, base_records or None) | {"role": "method"})
+    add_roofline(summaries, base_records or method_records, target)
+    return RunResult(store.root, summaries)
+
+
+def add_roofline(summaries: list[dict[str, Any]], records: list[dict[str, Any]], target: models.LoadedModel) -> None:
+    """Roofline tokens/s (bandwidth / bytes read per token at the mean context length) and, for rows with
+    one token per forward (autoregressive), the fraction of it reached."""
+    if not records:
+        return
+    context = sum(r["prompt_tokens"] + r["new_tokens"] / 2 for r in records) / len(records)
+    per_token = environment.model_bytes(target.model) + environment.kv_bytes_per_token(target.model) * context
+    roofline = environment.memory_bandwidth(str(target.device)) / per_token
+    for s in summaries:
+        if s.get("samples"):
+            s["roofline_tokens_per_s"] = roofline
+            s["roofline_fraction"] = s["tokens_per_s"] / roofline if s["tau"] == 1.0 else None

@@ -1,0 +1,61 @@
+"""The method interface, its result type, and the registry that `bench run --method` looks names up in."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from bench.errors import BenchError
+from bench.models import LoadedModel
+from bench.timing import Timer, Timing
+from methods.decode import Sampler, StopRule
+
+
+@dataclass
+class Decoded:
+    """One generation: new token ids (stop token included) and the bookkeeping every metric is derived from."""
+
+    tokens: list[int]
+    accepted: list[int]  # tokens committed by each target forward (prefill first); sums to len(tokens)
+    timing: Timing
+    draft_forwards: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target_forwards(self) -> int:
+        return len(self.accepted)
+
+
+class Method(ABC):
+    """A decoding method bound to a target model. Subclasses declare their options as keyword arguments."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    lossless: ClassVar[bool] = True  # greedy output must equal autoregressive greedy output
+
+    def __init__(self, target: LoadedModel, sampler: Sampler | None, **options: Any) -> None:
+        if options:
+            raise BenchError(f"method {self.name} does not take option(s): {', '.join(sorted(options))}")
+        self.target = target
+        self.sampler = sampler
+
+    @abstractmethod
+    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
+        """Generate a continuation of `prompt_ids` until `stop` ends it, marking `timer` along the way."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    import methods  # noqa: F401  (registers every method module)
+
+    if name not in METHODS:
+        raise BenchError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
