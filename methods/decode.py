@@ -115,7 +115,9 @@ def verify_loop(
     timer.mark()
     end = stop.end(tokens, 0)
     while end is None:
-        candidates = drafter.propose(prompt_ids + tokens, stop.max_new_tokens - len(tokens) - 1) if drafter else []
+        candidates = (
+            drafter.propose(prompt_ids + tokens, stop.max_new_tokens - len(tokens) - 1) if drafter else []
+        )
         if candidates:
             step_input = torch.tensor([[tokens[-1], *candidates]], device=device)
         else:
@@ -132,7 +134,7 @@ def verify_loop(
             new = candidates[:n] + [predicted[n]]
             pending = torch.tensor(predicted[n], device=device)
             if n < len(candidates):
-                cache.crop(len(prompt_ids) + len(tokens) + n)
+                cache.crop(n - len(candidates))  # negative: drop the rejected positions
         start = len(tokens)
         tokens.extend(new)
         accepted.append(len(new))

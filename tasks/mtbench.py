@@ -15,11 +15,15 @@ class MTBench(Task):
 
     def load(self, limit: int | None = None) -> list[Sample]:
         if self.data_dir is not None:
-            rows = read_jsonl(self.data_dir / "mt_bench" / "question.jsonl", ("question_id", "category", "turns"), limit)
+            rows = read_jsonl(
+                self.data_dir / "mt_bench" / "question.jsonl", ("question_id", "category", "turns"), limit
+            )
         else:
             rows = _from_hub(limit)
         return [
-            Sample(str(r["question_id"]), r["turns"][0], meta={"category": r["category"], "turns": r["turns"]})
+            Sample(
+                str(r["question_id"]), r["turns"][0], meta={"category": r["category"], "turns": r["turns"]}
+            )
             for r in rows
         ]
 
@@ -30,6 +34,8 @@ def _from_hub(limit: int | None) -> list[dict]:
 
         ds = load_dataset(HUB_ID, split="train")
     except Exception as exc:
-        raise BenchError(f"could not load {HUB_ID} from the hub ({type(exc).__name__}); pass --data-dir") from exc
+        raise BenchError(
+            f"could not load {HUB_ID} from the hub ({type(exc).__name__}); pass --data-dir"
+        ) from exc
     rows = [{"question_id": r["prompt_id"], "category": r["category"], "turns": r["prompt"]} for r in ds]
     return rows[:limit] if limit is not None else rows

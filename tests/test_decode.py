@@ -1,0 +1,134 @@
+"""The shared decode engine: autoregressive equality with transformers, stop rules, drafted verification."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.timing import Timer
+from methods.ar import Autoregressive
+from methods.decode import Sampler, StopRule, verify_loop
+from methods.hf import HFGenerate
+
+PROMPTS = ["Write a poem about the sea", "def add(a, b):", "the quick brown fox jumps", "Hawaii"]
+
+
+def hf_greedy(model, ids: list[int], max_new: int, eos: list[int] | None) -> list[int]:
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=max_new,
+        eos_token_id=eos,
+        pad_token_id=0,
+    )
+    return out[0, len(ids) :].tolist()
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_ar_equals_generate_token_for_token(tiny, prompt):
+    ids = tiny.tokenizer(prompt)["input_ids"]
+    expected = hf_greedy(tiny.model, ids, 40, None)
+    result = Autoregressive(tiny, None).generate(ids, StopRule(40), Timer())
+    assert result.tokens == expected
+    assert result.accepted == [1] * 40 and result.target_forwards == 40
+
+
+def test_eos_ends_generation_inclusive(tiny):
+    ids = tiny.tokenizer(PROMPTS[0])["input_ids"]
+    free = Autoregressive(tiny, None).generate(ids, StopRule(30), Timer()).tokens
+    eos = free[7]  # pretend the 8th token is an end-of-sequence id
+    stopped = Autoregressive(tiny, None).generate(ids, StopRule(30, frozenset({eos})), Timer())
+    cut = free.index(eos) + 1
+    assert stopped.tokens == free[:cut]
+    assert sum(stopped.accepted) == cut == stopped.target_forwards
+    assert stopped.tokens == hf_greedy(tiny.model, ids, 30, [eos])
+
+
+def test_stop_string_ends_generation(tiny):
+    ids = tiny.tokenizer(PROMPTS[1])["input_ids"]
+    free = Autoregressive(tiny, None).generate(ids, StopRule(30), Timer()).tokens
+    target = tiny.tokenizer.decode(free[5:7])
+    stop = StopRule(30, stop_strings=(target,), tokenizer=tiny.tokenizer)
+    tokens = Autoregressive(tiny, None).generate(ids, stop, Timer()).tokens
+    text = tiny.tokenizer.decode(tokens)
+    assert target in text and target not in tiny.tokenizer.decode(tokens[:-1])
+
+
+def test_max_new_tokens_one(tiny):
+    ids = tiny.tokenizer(PROMPTS[2])["input_ids"]
+    result = Autoregressive(tiny, None).generate(ids, StopRule(1), Timer())
+    assert result.tokens == hf_greedy(tiny.model, ids, 1, None)
+    assert result.accepted == [1]
+
+
+def test_hf_method_matches_ar(tiny):
+    ids = tiny.tokenizer(PROMPTS[3])["input_ids"]
+    ar = Autoregressive(tiny, None).generate(ids, StopRule(25), Timer())
+    hf = HFGenerate(tiny, None).generate(ids, StopRule(25), Timer())
+    assert hf.tokens == ar.tokens
+    assert len(hf.timing.steps) == 24  # one mark per token after the first
+
+
+class OracleDrafter:
+    """Proposes the true greedy continuation with every `wrong_every`-th guess corrupted."""
+
+    def __init__(self, prompt_len: int, truth: list[int], k: int, wrong_every: int) -> None:
+        self.prompt_len, self.truth, self.k, self.wrong_every = prompt_len, truth, k, wrong_every
+        self.draft_forwards = 0
+        self.calls = 0
+
+    def propose(self, context: list[int], max_tokens: int) -> list[int]:
+        self.calls += 1
+        done = len(context) - self.prompt_len
+        guess = self.truth[done : done + min(self.k, max_tokens)]
+        if self.calls % self.wrong_every == 0 and guess:
+            guess = guess[:-1] + [(guess[-1] + 1) % 300]
+        return guess
+
+
+@pytest.mark.parametrize(("k", "wrong_every", "max_new"), [(1, 2, 30), (4, 3, 30), (6, 1, 17), (5, 2, 2)])
+def test_verify_loop_with_drafts_equals_ar(tiny, k, wrong_every, max_new):
+    ids = tiny.tokenizer(PROMPTS[0])["input_ids"]
+    truth = Autoregressive(tiny, None).generate(ids, StopRule(max_new + 8), Timer()).tokens
+    drafter = OracleDrafter(len(ids), truth, k, wrong_every)
+    timer = Timer()
+    result = verify_loop(tiny.model, ids, StopRule(max_new), timer, drafter=drafter)
+    assert result.tokens == truth[:max_new]
+    assert sum(result.accepted) == max_new
+    if max_new > 2:
+        assert len(result.accepted) < max_new  # drafting saved target forwards
+
+
+def test_verify_loop_eos_inside_accepted_block(tiny):
+    ids = tiny.tokenizer(PROMPTS[2])["input_ids"]
+    truth = Autoregressive(tiny, None).generate(ids, StopRule(40), Timer()).tokens
+    eos = truth[9]
+    cut = truth.index(eos) + 1
+    drafter = OracleDrafter(len(ids), truth, 6, 1000)
+    result = verify_loop(tiny.model, ids, StopRule(40, frozenset({eos})), Timer(), drafter=drafter)
+    assert result.tokens == truth[:cut]
+    assert sum(result.accepted) == cut
+
+
+def test_sampling_is_reproducible_and_matches_distribution_support(tiny):
+    ids = tiny.tokenizer(PROMPTS[0])["input_ids"]
+    sampler = Sampler(temperature=1.0, seed=7)
+    a = Autoregressive(tiny, sampler).generate(ids, StopRule(20), Timer()).tokens
+    sampler.reset()
+    b = Autoregressive(tiny, sampler).generate(ids, StopRule(20), Timer()).tokens
+    sampler.reset(8)
+    c = Autoregressive(tiny, sampler).generate(ids, StopRule(20), Timer()).tokens
+    assert a == b and a != c
+
+
+def test_sampler_top_k_top_p():
+    logits = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0])
+    probs = Sampler(top_k=2).probs(logits)
+    assert (probs[2:] == 0).all() and probs[:2].sum().item() == pytest.approx(1.0)
+    full = torch.softmax(logits, -1)
+    # top_p just above p(top1) keeps the first two tokens only
+    probs = Sampler(top_p=float(full[0]) + 1e-3).probs(logits)
+    assert (probs[:2] > 0).all() and (probs[2:] == 0).all()
+    probs = Sampler(temperature=0.5).probs(logits)
+    assert torch.allclose(probs, torch.softmax(logits / 0.5, -1))
