@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -13,15 +13,13 @@ from rich.table import Table
 from bench import models
 from bench.errors import BenchError
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Measure fast LLM decoding methods honestly."
-)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Measure fast LLM decoding methods honestly.")
 models_app = typer.Typer(no_args_is_help=True, help="Model presets and their cache.")
 app.add_typer(models_app, name="models")
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
-class Listing(str, Enum):
+class Listing(StrEnum):
     methods = "methods"
     tasks = "tasks"
     models = "models"
@@ -32,9 +30,7 @@ def run(
     method: str = typer.Option(..., "--method", "-m", help="Decoding method (see `bench list methods`)."),
     task: str = typer.Option(..., "--task", "-t", help="Task (see `bench list tasks`)."),
     model: str = typer.Option(models.DEFAULT_MODEL, help="Preset name, hub id or local folder."),
-    draft: str | None = typer.Option(
-        None, help="Draft model (preset, hub id or folder) for speculative methods."
-    ),
+    draft: str | None = typer.Option(None, help="Draft model (preset, hub id or folder) for speculative methods."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
     limit: int | None = typer.Option(None, help="Use the first N samples of the task."),
@@ -45,9 +41,7 @@ def run(
     seed: int = typer.Option(0, help="Seed of the sampling generator."),
     warmup: int = typer.Option(1, help="Untimed warm-up generations before measuring."),
     baseline: bool = typer.Option(True, help="Also run the `ar` baseline on the same samples, interleaved."),
-    data_dir: str | None = typer.Option(
-        None, help="Folder with the task data (else $DECODEBENCH_DATA, else hub)."
-    ),
+    data_dir: str | None = typer.Option(None, help="Folder with the task data (else $DECODEBENCH_DATA, else hub)."),
     out: str | None = typer.Option(None, help="Run directory (default: runs/TASK/METHOD-MODEL-DTYPE-HASH)."),
 ) -> None:
     """Run a method on a task; resumes the run directory if it exists with the same config."""
@@ -135,9 +129,7 @@ def list_(what: Listing = typer.Argument(..., help="methods, tasks or models")) 
         get_task("mtbench")
         rows = [(n, c.description) for n, c in sorted(TASKS.items())]
     else:
-        rows = [
-            (p.name, p.description + (" [cached]" if _cached(p) else "")) for p in models.PRESETS.values()
-        ]
+        rows = [(p.name, p.description + (" [cached]" if _cached(p) else "")) for p in models.PRESETS.values()]
     width = max(len(n) for n, _ in rows)
     for name, desc in rows:
         typer.echo(f"{name:<{width}}  {desc}")

@@ -91,9 +91,7 @@ PRESETS: dict[str, Preset] = {
             gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             draft="qwen2.5-coder-0.5b",
         ),
-        Preset(
-            "llama2-7b-chat", "Llama-2-7b-chat (Lookahead paper, hub)", hub_id="meta-llama/Llama-2-7b-chat-hf"
-        ),
+        Preset("llama2-7b-chat", "Llama-2-7b-chat (Lookahead paper, hub)", hub_id="meta-llama/Llama-2-7b-chat-hf"),
         Preset(
             "llama2-13b-chat",
             "Llama-2-13b-chat (Lookahead paper, hub)",
@@ -164,9 +162,7 @@ def fetch(name: str) -> Path:
     """
     preset = get_preset(name)
     if not preset.offline:
-        raise BenchError(
-            f"preset {name} is a hub model ({preset.hub_id}); it is fetched by transformers on load"
-        )
+        raise BenchError(f"preset {name} is a hub model ({preset.hub_id}); it is fetched by transformers on load")
     root = cache_dir() / name
     final = root / "hf"
     if (final / "artifact.json").exists():

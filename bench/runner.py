@@ -113,9 +113,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     eos = frozenset(target.eos_ids())
     tokenizer = target.tokenizer
     prompts = {s.id: task.prompt_ids(s, tokenizer) for s in samples}
-    pending = [
-        s for s in samples if not store.has("method", s.id) or (baseline and not store.has("baseline", s.id))
-    ]
+    pending = [s for s in samples if not store.has("method", s.id) or (baseline and not store.has("baseline", s.id))]
     runners = [("baseline", baseline), ("method", method)] if baseline else [("method", method)]
 
     def decode(m: Method, prompt_ids: list[int], max_new: int):
@@ -164,9 +162,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     return RunResult(store.root, summaries)
 
 
-def add_roofline(
-    summaries: list[dict[str, Any]], records: list[dict[str, Any]], target: models.LoadedModel
-) -> None:
+def add_roofline(summaries: list[dict[str, Any]], records: list[dict[str, Any]], target: models.LoadedModel) -> None:
     """Roofline tokens/s (bandwidth / bytes read per token at the mean context length) and, for rows with
     one token per forward (autoregressive), the fraction of it reached."""
     if not records:

@@ -115,13 +115,8 @@ def verify_loop(
     timer.mark()
     end = stop.end(tokens, 0)
     while end is None:
-        candidates = (
-            drafter.propose(prompt_ids + tokens, stop.max_new_tokens - len(tokens) - 1) if drafter else []
-        )
-        if candidates:
-            step_input = torch.tensor([[tokens[-1], *candidates]], device=device)
-        else:
-            step_input = pending.view(1, 1)
+        candidates = drafter.propose(prompt_ids + tokens, stop.max_new_tokens - len(tokens) - 1) if drafter else []
+        step_input = torch.tensor([[tokens[-1], *candidates]], device=device) if candidates else pending.view(1, 1)
         logits = model(step_input, past_key_values=cache, use_cache=True).logits[0]
         if not candidates:
             pending = _pick(logits[-1], sampler)

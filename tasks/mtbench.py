@@ -21,9 +21,7 @@ class MTBench(Task):
         else:
             rows = _from_hub(limit)
         return [
-            Sample(
-                str(r["question_id"]), r["turns"][0], meta={"category": r["category"], "turns": r["turns"]}
-            )
+            Sample(str(r["question_id"]), r["turns"][0], meta={"category": r["category"], "turns": r["turns"]})
             for r in rows
         ]
 
@@ -34,8 +32,6 @@ def _from_hub(limit: int | None) -> list[dict]:
 
         ds = load_dataset(HUB_ID, split="train")
     except Exception as exc:
-        raise BenchError(
-            f"could not load {HUB_ID} from the hub ({type(exc).__name__}); pass --data-dir"
-        ) from exc
+        raise BenchError(f"could not load {HUB_ID} from the hub ({type(exc).__name__}); pass --data-dir") from exc
     rows = [{"question_id": r["prompt_id"], "category": r["category"], "turns": r["prompt"]} for r in ds]
     return rows[:limit] if limit is not None else rows

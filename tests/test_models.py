@@ -96,11 +96,7 @@ def test_smollm2_preset_end_to_end():
     assert tok.chat_template and tok.eos_token == "<|im_end|>"
     ids = tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    ours = (
-        Autoregressive(loaded, None).generate(ids, StopRule(12, frozenset(loaded.eos_ids())), Timer()).tokens
-    )
-    ref = loaded.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12)[
-        0, len(ids) :
-    ].tolist()
+    ours = Autoregressive(loaded, None).generate(ids, StopRule(12, frozenset(loaded.eos_ids())), Timer()).tokens
+    ref = loaded.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12)[0, len(ids) :].tolist()
     assert ours == ref[: len(ours)]
     assert "4" in tok.decode(ours)
