@@ -1,0 +1,45 @@
+# decodebench: `make demo` runs the main job on the embedded default, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel on this kind of machine; on a GPU machine use e.g. `make setup TORCH_SPEC=torch`.
+TORCH_SPEC ?= torch==2.13.0
+# Task data: ../shared/data when it sits beside the checkout (as in CI), else the hub.
+ifneq ($(wildcard ../shared/data/README.md),)
+export DECODEBENCH_DATA ?= $(abspath ../shared/data)
+endif
+
+.PHONY: setup test lint format demo bench-timer bench-ar clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: setup
+	$(BIN)/bench run --method pld --task mtbench --limit 4 --max-new-tokens 96
+
+# Benchmarks (long; print ratios, not asserted in tests)
+bench-timer: setup
+	$(BIN)/python scripts/timer_overhead.py
+
+bench-ar: setup
+	$(BIN)/python scripts/ar_vs_hf.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
