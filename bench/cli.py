@@ -43,6 +43,14 @@ def run(
     baseline: bool = typer.Option(True, help="Also run the `ar` baseline on the same samples, interleaved."),
     data_dir: str | None = typer.Option(None, help="Folder with the task data (else $DECODEBENCH_DATA, else hub)."),
     out: str | None = typer.Option(None, help="Run directory (default: runs/TASK/METHOD-MODEL-DTYPE-HASH)."),
+    window: int | None = typer.Option(None, "--window", "-W", help="lookahead/jacobi: window size W."),
+    ngram: int | None = typer.Option(None, "--ngram", "-N", help="lookahead: n-gram size N."),
+    guess: int | None = typer.Option(None, "--guess", "-G", help="lookahead: max n-grams verified per step G."),
+    prompt_ngrams: bool | None = typer.Option(None, help="lookahead: seed the n-gram pool from the prompt."),
+    num_draft: int | None = typer.Option(None, help="speculative/hf-assisted: draft tokens per step."),
+    adaptive: bool | None = typer.Option(None, help="speculative: adapt the draft length (+2 / -1)."),
+    max_ngram: int | None = typer.Option(None, help="pld/hf-pld: largest n-gram to match."),
+    num_candidates: int | None = typer.Option(None, help="pld/hf-pld: candidate tokens per step."),
 ) -> None:
     """Run a method on a task; resumes the run directory if it exists with the same config."""
     from bench.runner import RunConfig
@@ -65,11 +73,26 @@ def run(
         baseline=baseline,
         data_dir=data_dir,
         out=out,
+        options=method_options(
+            window=window,
+            ngram=ngram,
+            guess=guess,
+            prompt_ngrams=prompt_ngrams,
+            num_draft=num_draft,
+            adaptive=adaptive,
+            max_ngram=max_ngram,
+            num_candidates=num_candidates,
+        ),
     )
     config.validate()
     result = run_bench(config, progress=sys.stderr.isatty())
     print_summary(result.summaries)
     console.print(f"results: {result.out}")
+
+
+def method_options(**given: object) -> dict[str, object]:
+    """The method options the user set; each method rejects options it does not take."""
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def print_summary(summaries: list[dict]) -> None:

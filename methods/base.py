@@ -20,11 +20,12 @@ class Decoded:
     accepted: list[int]  # tokens committed by each target forward (prefill first); sums to len(tokens)
     timing: Timing
     draft_forwards: int = 0
+    forwards: int | None = None  # target forwards when they are not one per `accepted` entry (external methods)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def target_forwards(self) -> int:
-        return len(self.accepted)
+        return self.forwards if self.forwards is not None else len(self.accepted)
 
 
 class Method(ABC):

@@ -1,8 +1,12 @@
 """The decode engine shared by every method that calls the model's forward itself.
 
-One loop: prefill, then repeatedly "take candidate tokens from a drafter (none for autoregressive decoding),
-verify them in one target forward, commit the accepted prefix plus the target's own next token, roll the KV
-cache back past the rejected part". Autoregressive decoding is this loop with an empty drafter.
+One loop: prefill; then repeatedly ask a drafter for candidate tokens (none for autoregressive decoding), run
+the pending token and the candidates through ONE target forward, verify the candidate paths (greedy: longest
+path matching the target's argmax; sampling: rejection sampling, so the output distribution is the target's),
+commit the accepted path plus one token from the target, and keep only the committed positions in the KV cache.
+
+Drafters describe their candidates as a `Draft`: a chain (speculative, prompt lookup) needs nothing but tokens;
+Lookahead passes several paths plus extra tokens with their own positions and attention mask.
 """
 
 from __future__ import annotations
@@ -62,23 +66,54 @@ class Sampler:
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if self.top_p < 1.0:
             sorted_logits, order = torch.sort(logits, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) >= self.top_p  # keep the smallest prefix reaching top_p
+            sorted_probs = sorted_logits.softmax(-1)
+            drop = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p  # keep the smallest prefix reaching top_p
             logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
         return logits.softmax(-1)
 
-    def sample(self, probs: torch.Tensor) -> torch.Tensor:
-        """Draw one token id per row of `probs` (sampling happens on the CPU generator)."""
-        return torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(-1).to(probs.device)
+    def sample(self, probs: torch.Tensor) -> int:
+        """Draw one token id from a distribution (on the CPU generator, so runs are reproducible anywhere)."""
+        return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
+
+    def uniform(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+
+@dataclass
+class Draft:
+    """Tokens to run through the target after the pending token, and the candidate paths among them.
+
+    `paths` are chains of indices into `tokens`; each is a guess for the tokens after the pending one. Extra
+    tokens outside every path (Lookahead's window) are computed but never committed. `positions` are offsets
+    from the pending token and `visible[i, j]` says whether extra token i attends to extra token j; both None
+    means one causal chain at offsets 1..len(tokens). `probs` are the draft's distributions (rows aligned with
+    `tokens`) for sampling verification; None means deterministic guesses.
+    """
+
+    tokens: list[int]
+    paths: list[list[int]]
+    positions: list[int] | None = None
+    visible: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+
+    @classmethod
+    def chain(cls, tokens: list[int], probs: torch.Tensor | None = None) -> Draft:
+        return cls(tokens, [list(range(len(tokens)))], probs=probs)
 
 
 class Drafter(Protocol):
-    """A source of candidate tokens to verify: prompt lookup, a draft model, ..."""
+    """A source of candidates: prompt lookup, a draft model, a Lookahead window, ..."""
 
     draft_forwards: int
 
-    def propose(self, context: list[int], max_tokens: int) -> list[int]:
-        """Up to `max_tokens` guesses for the tokens that follow `context` (prompt + committed tokens)."""
+    def propose(self, context: list[int], budget: int) -> Draft | None:
+        """Candidates for the tokens after `context` (prompt + committed tokens, the pending one last).
+        No path needs to be longer than `budget`. None: nothing to propose (an autoregressive step)."""
+        ...
+
+    def observe(self, draft: Draft, predicted: list[int], accepted: list[int]) -> None:
+        """After verification: the target's argmax after the pending token and after each draft token
+        (`predicted[0]`, `predicted[1 + i]`), and the indices of the accepted draft tokens."""
         ...
 
 
@@ -86,6 +121,80 @@ class Drafter(Protocol):
 class LoopResult:
     tokens: list[int]
     accepted: list[int]
+
+
+def _attention(draft: Draft, cached: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids and a 4D boolean mask for [pending, *draft.tokens] after `cached` cached positions."""
+    n = len(draft.tokens)
+    offsets = torch.tensor([0, *(draft.positions or range(1, n + 1))], device=device)
+    mask = torch.zeros(1 + n, cached + 1 + n, dtype=torch.bool, device=device)
+    mask[:, : cached + 1] = True  # everything attends to the prefix and the pending token
+    visible = draft.visible if draft.visible is not None else torch.ones(n, n, dtype=torch.bool).tril()
+    mask[1:, cached + 1 :] = visible.to(device)
+    mask[0, cached + 1 :] = False
+    return (cached + offsets).unsqueeze(0), mask[None, None]
+
+
+def _keep(cache: DynamicCache, cached: int, n_draft: int, accepted: list[int]) -> None:
+    """Keep the prefix, the pending token and the accepted draft positions; drop the rest of this step."""
+    if accepted == list(range(len(accepted))):
+        cache.crop(len(accepted) - n_draft)  # negative: drop the trailing rejected positions
+        return
+    index = torch.tensor([*range(cached + 1), *(cached + 1 + i for i in accepted)])
+    for layer in cache.layers:
+        index = index.to(layer.keys.device)
+        layer.keys = layer.keys.index_select(-2, index)
+        layer.values = layer.values.index_select(-2, index)
+
+
+def _verify_greedy(draft: Draft, predicted: list[int]) -> list[int]:
+    """Indices of the longest candidate path that agrees with the target's argmax."""
+    best: list[int] = []
+    for path in draft.paths:
+        n, row = 0, 0
+        while n < len(path) and draft.tokens[path[n]] == predicted[row]:
+            row = path[n] + 1
+            n += 1
+        if n > len(best):
+            best = path[:n]
+    return best
+
+
+def _verify_sampling(draft: Draft, logits: torch.Tensor, sampler: Sampler) -> tuple[list[int], int]:
+    """Rejection sampling over the candidate paths (a trie): returns the accepted indices and the next token.
+
+    At each node the target distribution p is tested against each distinct child token x: accepted with
+    probability min(1, p(x)/q(x)) (q one-hot for deterministic drafts); on rejection p becomes the normalised
+    residual max(p - q, 0). After the last accepted node, the next token is drawn from p (or the residual).
+    """
+    accepted: list[int] = []
+    alive, depth, row = draft.paths, 0, 0
+    while True:
+        p = sampler.probs(logits[row])
+        children: dict[int, int] = {}
+        for path in alive:
+            if len(path) > depth:
+                children.setdefault(draft.tokens[path[depth]], path[depth])
+        chosen = None
+        for token, index in children.items():
+            q = draft.probs[index].to(p.device).float() if draft.probs is not None else None
+            ratio = p[token] / q[token] if q is not None else p[token]
+            if sampler.uniform() < float(ratio):
+                chosen = index
+                break
+            if q is None:
+                p = p.clone()
+                p[token] = 0.0
+            else:
+                p = (p - q).clamp_min(0.0)
+            total = p.sum()
+            # a zero residual only happens by rounding; the target distribution is then the right fallback
+            p = sampler.probs(logits[row]) if total <= 0 else p / total
+        if chosen is None:
+            return accepted, sampler.sample(p)
+        accepted.append(chosen)
+        alive = [path for path in alive if len(path) > depth and path[depth] == chosen]
+        depth, row = depth + 1, chosen + 1
 
 
 @torch.inference_mode()
@@ -97,49 +206,49 @@ def verify_loop(
     drafter: Drafter | None = None,
     sampler: Sampler | None = None,
 ) -> LoopResult:
-    """Decode with the target model, verifying `drafter`'s candidates greedily (or none: autoregressive).
+    """Decode with the target model, verifying `drafter`'s candidates (no drafter: autoregressive decoding).
 
-    With a sampler and no drafter this is autoregressive sampling. Marks `timer` after the prefill and after
-    every target forward; returns the new tokens and how many each target forward committed.
+    Greedy without a sampler, rejection sampling with one. Marks `timer` after the prefill and after every
+    target forward; returns the new tokens and how many tokens each target forward committed.
     """
-    if sampler is not None and drafter is not None:
-        raise ValueError("sampling verification of drafted tokens is done by the speculative method itself")
     device = next(model.parameters()).device
     cache = DynamicCache(config=model.config)
-    prompt = torch.tensor([prompt_ids], device=device)
     timer.start()
-    logits = model(prompt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
-    pending = _pick(logits, sampler)
+    logits = model(torch.tensor([prompt_ids], device=device), past_key_values=cache, logits_to_keep=1).logits
+    pending = logits[0, -1].argmax() if sampler is None else torch.tensor(sampler.sample(sampler.probs(logits[0, -1])))
     tokens = [int(pending)]
-    accepted = [1]
+    accepted_counts = [1]
     timer.mark()
     end = stop.end(tokens, 0)
     while end is None:
-        candidates = drafter.propose(prompt_ids + tokens, stop.max_new_tokens - len(tokens) - 1) if drafter else []
-        step_input = torch.tensor([[tokens[-1], *candidates]], device=device) if candidates else pending.view(1, 1)
-        logits = model(step_input, past_key_values=cache, use_cache=True).logits[0]
-        if not candidates:
-            pending = _pick(logits[-1], sampler)
+        cached = len(prompt_ids) + len(tokens) - 1
+        budget = stop.max_new_tokens - len(tokens) - 1
+        draft = drafter.propose(prompt_ids + tokens, budget) if drafter is not None and budget > 0 else None
+        if not draft or not draft.tokens:
+            logits = model(pending.view(1, 1).to(device), past_key_values=cache).logits[0, -1]
+            pending = logits.argmax() if sampler is None else torch.tensor(sampler.sample(sampler.probs(logits)))
             new = [int(pending)]
         else:
+            step = torch.tensor([[tokens[-1], *draft.tokens]], device=device)
+            if draft.positions is None and draft.visible is None:
+                logits = model(step, past_key_values=cache).logits[0]
+            else:
+                positions, mask = _attention(draft, cached, device)
+                logits = model(step, past_key_values=cache, position_ids=positions, attention_mask=mask).logits[0]
             predicted = logits.argmax(-1).tolist()
-            n = 0
-            while n < len(candidates) and candidates[n] == predicted[n]:
-                n += 1
-            new = candidates[:n] + [predicted[n]]
-            pending = torch.tensor(predicted[n], device=device)
-            if n < len(candidates):
-                cache.crop(n - len(candidates))  # negative: drop the rejected positions
+            if sampler is None:
+                path = _verify_greedy(draft, predicted)
+                following = predicted[path[-1] + 1 if path else 0]
+            else:
+                path, following = _verify_sampling(draft, logits, sampler)
+            _keep(cache, cached, len(draft.tokens), path)
+            drafter.observe(draft, predicted, path)
+            new = [draft.tokens[i] for i in path] + [following]
+            pending = torch.tensor(following)
         start = len(tokens)
         tokens.extend(new)
-        accepted.append(len(new))
+        accepted_counts.append(len(new))
         timer.mark()
         end = stop.end(tokens, start)
-    accepted[-1] -= len(tokens) - end
-    return LoopResult(tokens[:end], accepted)
-
-
-def _pick(logits: torch.Tensor, sampler: Sampler | None) -> torch.Tensor:
-    if sampler is None:
-        return logits.argmax(-1)
-    return sampler.sample(sampler.probs(logits))
+    accepted_counts[-1] -= len(tokens) - end
+    return LoopResult(tokens[:end], accepted_counts)

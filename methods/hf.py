@@ -1,10 +1,16 @@
-"""`hf`: transformers' own `generate()`, as an external reference on the same model and prompts."""
+"""External references from transformers, on the same model, prompts and timer as ours:
+`hf` (plain `generate()`), `hf-assisted` (assisted generation with a draft model) and `hf-pld`
+(`prompt_lookup_num_tokens`). Target and draft forwards are counted with forward hooks."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from transformers.generation.streamers import BaseStreamer
 
+from bench.errors import BenchError
+from bench.models import LoadedModel
 from bench.timing import Timer
 from methods.base import Decoded, Method, register
 from methods.decode import StopRule
@@ -16,24 +22,45 @@ class _MarkingStreamer(BaseStreamer):
     def __init__(self, timer: Timer) -> None:
         self.timer = timer
         self.calls = 0
+        self.sizes: list[int] = []  # tokens emitted per call after the prompt
 
     def put(self, value: torch.Tensor) -> None:
         if self.calls:
             self.timer.mark()
+            self.sizes.append(value.numel())
         self.calls += 1
 
     def end(self) -> None:
         pass
 
 
-@register
-class HFGenerate(Method):
-    name = "hf"
-    description = "transformers generate() (greedy or sampling), external reference"
+class _ForwardCounter:
+    """Counts a module's forward calls while active."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module, self.count = module, 0
+
+    def __enter__(self) -> _ForwardCounter:
+        self.handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def _hook(self, *args: Any) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.remove()
+
+
+class _Generate(Method):
+    """Shared driver of transformers' `generate()`; subclasses add their keyword arguments."""
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        return {}
 
     def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
         model, tokenizer = self.target.model, self.target.tokenizer
         kwargs = dict(max_new_tokens=stop.max_new_tokens, eos_token_id=sorted(stop.eos_ids) or None)
+        kwargs |= self.generate_kwargs()
         if stop.stop_strings:
             kwargs.update(stop_strings=list(stop.stop_strings), tokenizer=tokenizer)
         if self.sampler is None:
@@ -44,14 +71,62 @@ class HFGenerate(Method):
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
         prompt = torch.tensor([prompt_ids], device=self.target.device)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop.eos_ids, default=0)
+        draft = kwargs.get("assistant_model")
         streamer = _MarkingStreamer(timer)
-        timer.start()
-        with torch.inference_mode():
-            out = model.generate(
-                prompt, attention_mask=torch.ones_like(prompt), pad_token_id=pad, streamer=streamer, **kwargs
-            )
-        timing = timer.read()
+        with _ForwardCounter(model) as target_calls, _ForwardCounter(draft or torch.nn.Identity()) as draft_calls:
+            timer.start()
+            with torch.inference_mode():
+                out = model.generate(
+                    prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    pad_token_id=pad,
+                    streamer=streamer,
+                    **kwargs,
+                )
+            timing = timer.read()
         new = out[0, len(prompt_ids) :].tolist()
-        end = stop.end(new, 0) or len(new)  # generate pads finished rows; keep our stop rule's length
-        new = new[:end]
-        return Decoded(new, [1] * len(new), timing)
+        new = new[: stop.end(new, 0) or len(new)]  # generate pads finished rows; keep our stop rule's length
+        accepted, left = [], len(new)
+        for size in streamer.sizes:  # tokens committed per emitted step, cut where our stop rule ends
+            if left > 0:
+                accepted.append(min(size, left))
+                left -= accepted[-1]
+        return Decoded(new, accepted, timing, draft_forwards=draft_calls.count, forwards=target_calls.count)
+
+
+@register
+class HFGenerate(_Generate):
+    name = "hf"
+    description = "transformers generate() (greedy or sampling), external reference"
+
+
+@register
+class HFAssisted(_Generate):
+    name = "hf-assisted"
+    description = "transformers assisted generation with a draft model (external reference for speculative)"
+
+    def __init__(self, target, sampler, draft: LoadedModel | None = None, num_draft: int | None = None, **options):
+        super().__init__(target, sampler, **options)
+        if draft is None:
+            raise BenchError("hf-assisted needs a draft model: --draft PRESET|HF-ID|PATH")
+        self.draft, self.num_draft = draft, num_draft
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"assistant_model": self.draft.model}
+        if self.num_draft is not None:  # else transformers' own default schedule
+            self.draft.model.generation_config.num_assistant_tokens = self.num_draft
+            self.draft.model.generation_config.num_assistant_tokens_schedule = "constant"
+        return kwargs
+
+
+@register
+class HFPromptLookup(_Generate):
+    name = "hf-pld"
+    description = "transformers prompt_lookup_num_tokens (external reference for pld)"
+
+    def __init__(self, target, sampler, num_candidates: int = 10, max_ngram: int = 2, **options) -> None:
+        super().__init__(target, sampler, **options)
+        self.num_candidates, self.max_ngram = num_candidates, max_ngram
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        return {"prompt_lookup_num_tokens": self.num_candidates, "max_matching_ngram_size": self.max_ngram}

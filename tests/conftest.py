@@ -40,7 +40,7 @@ def make_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
     return fast
 
 
-def make_model(vocab: int, seed: int = 0, layers: int = 2, eos: int = 2) -> LlamaForCausalLM:
+def make_model(vocab: int, seed: int = 0, layers: int = 2, eos: int | None = 2) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab,

@@ -7,7 +7,7 @@ import torch
 
 from bench.timing import Timer
 from methods.ar import Autoregressive
-from methods.decode import Sampler, StopRule, verify_loop
+from methods.decode import Draft, Sampler, StopRule, verify_loop
 from methods.hf import HFGenerate
 
 PROMPTS = ["Write a poem about the sea", "def add(a, b):", "the quick brown fox jumps", "Hawaii"]
@@ -84,7 +84,10 @@ class OracleDrafter:
         guess = self.truth[done : done + min(self.k, max_tokens)]
         if self.calls % self.wrong_every == 0 and guess:
             guess = guess[:-1] + [(guess[-1] + 1) % 300]
-        return guess
+        return Draft.chain(guess)
+
+    def observe(self, draft: Draft, predicted: list[int], accepted: list[int]) -> None:
+        assert predicted[: len(accepted)] == [draft.tokens[i] for i in accepted]
 
 
 @pytest.mark.parametrize(("k", "wrong_every", "max_new"), [(1, 2, 30), (4, 3, 30), (6, 1, 17), (5, 2, 2)])

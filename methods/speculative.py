@@ -1,0 +1,101 @@
+"""`speculative`: draft-model speculative decoding (Leviathan et al. 2023; Chen et al. 2023).
+
+A small draft model with its own KV cache proposes k tokens; the target verifies them in one forward. Greedy
+verification is lossless; sampling verification uses the rejection rule so the output follows the target's
+distribution. k is fixed or adapted (+2 after a fully accepted draft, -1 otherwise, as in transformers).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from bench.errors import BenchError
+from bench.models import LoadedModel
+from bench.timing import Timer
+from methods.base import Decoded, Method, register
+from methods.decode import Draft, Sampler, StopRule, verify_loop
+
+
+class DraftModelDrafter:
+    """Proposes tokens with a draft model; its cache is synced to the committed context on every call."""
+
+    def __init__(self, draft: LoadedModel, k: int, adaptive: bool, sampler: Sampler | None) -> None:
+        self.model = draft.model
+        self.device = draft.device
+        self.k = k
+        self.adaptive = adaptive
+        self.sampler = sampler
+        self.cache = DynamicCache(config=self.model.config)
+        self.cached: list[int] = []  # tokens whose keys/values are in self.cache
+        self.draft_forwards = 0
+
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        self.draft_forwards += 1
+        out = self.model(torch.tensor([ids], device=self.device), past_key_values=self.cache, logits_to_keep=1)
+        self.cached += ids
+        return out.logits[0, -1]
+
+    def propose(self, context: list[int], budget: int) -> Draft | None:
+        common = 0
+        limit = min(len(self.cached), len(context) - 1)
+        while common < limit and self.cached[common] == context[common]:
+            common += 1
+        if common < len(self.cached):
+            self.cache.crop(common - len(self.cached))
+            self.cached = self.cached[:common]
+        logits = self._forward(context[common:])
+        tokens, probs = [], []
+        for i in range(min(self.k, budget)):
+            if self.sampler is None:
+                token = int(logits.argmax())
+            else:
+                q = self.sampler.probs(logits)
+                token = self.sampler.sample(q)
+                probs.append(q)
+            tokens.append(token)
+            if i + 1 < min(self.k, budget):
+                logits = self._forward([token])
+        return Draft.chain(tokens, torch.stack(probs) if probs else None)
+
+    def observe(self, draft: Draft, predicted: list[int], accepted: list[int]) -> None:
+        if self.adaptive:
+            self.k = self.k + 2 if len(accepted) == len(draft.tokens) else max(1, self.k - 1)
+
+
+def check_same_tokenizer(target: LoadedModel, draft: LoadedModel) -> None:
+    """Draft and target must map every token string to the same id."""
+    t, d = target.tokenizer, draft.tokenizer
+    if t.get_vocab() != d.get_vocab():
+        raise BenchError(
+            f"draft model {draft.artifact.get('spec')} has a different tokenizer than the target "
+            f"{target.artifact.get('spec')} (vocab {len(d)} vs {len(t)}); speculative decoding needs the same one"
+        )
+
+
+@register
+class Speculative(Method):
+    name = "speculative"
+    description = "draft-model speculative decoding, greedy or rejection-sampling verification (lossless)"
+
+    def __init__(
+        self,
+        target,
+        sampler,
+        draft: LoadedModel | None = None,
+        num_draft: int = 5,
+        adaptive: bool = False,
+        **options,
+    ) -> None:
+        super().__init__(target, sampler, **options)
+        if draft is None:
+            raise BenchError("speculative needs a draft model: --draft PRESET|HF-ID|PATH")
+        if num_draft < 1:
+            raise BenchError(f"--num-draft must be at least 1 (got {num_draft})")
+        check_same_tokenizer(target, draft)
+        self.draft, self.num_draft, self.adaptive = draft, num_draft, adaptive
+
+    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
+        drafter = DraftModelDrafter(self.draft, self.num_draft, self.adaptive, self.sampler)
+        result = verify_loop(self.target.model, prompt_ids, stop, timer, drafter, self.sampler)
+        return Decoded(result.tokens, result.accepted, timer.read(), draft_forwards=drafter.draft_forwards)
