@@ -153,13 +153,23 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
 
     ids = {s.id for s in samples}
     base_records = [r for r in store.records("baseline") if r["prompt_id"] in ids]
+    method_records = [r for r in store.records("method") if r["prompt_id"] in ids]
     summaries = []
     if baseline:
-        summaries.append(summarize(base_records, base_records) | {"role": "baseline"})
-    method_records = [r for r in store.records("method") if r["prompt_id"] in ids]
-    summaries.append(summarize(method_records, base_records or None) | {"role": "method"})
+        summaries.append(
+            summarize(base_records, base_records) | {"role": "baseline"} | quality(task, samples, "baseline", store)
+        )
+    summaries.append(
+        summarize(method_records, base_records or None) | {"role": "method"} | quality(task, samples, "method", store)
+    )
     add_roofline(summaries, base_records or method_records, target)
     return RunResult(store.root, summaries)
+
+
+def quality(task: Task, samples: list, role: str, store: RunStore) -> dict[str, float]:
+    """The task's quality metrics over the finished records of one role (samples in task order)."""
+    done = [(s, store.get(role, s.id)) for s in samples if store.has(role, s.id)]
+    return task.score([s for s, _ in done], [r["text"] for _, r in done]) if done else {}
 
 
 def add_roofline(summaries: list[dict[str, Any]], records: list[dict[str, Any]], target: models.LoadedModel) -> None:
