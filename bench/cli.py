@@ -34,6 +34,7 @@ def run(
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
     limit: int | None = typer.Option(None, help="Use the first N samples of the task."),
+    turns: int | None = typer.Option(None, help="At most N turns of multi-turn tasks (MT-bench has 2)."),
     max_new_tokens: int = typer.Option(128, help="Maximum new tokens per generation."),
     temperature: float = typer.Option(0.0, help="0 for greedy decoding; > 0 samples."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling threshold (sampling only)."),
@@ -64,6 +65,7 @@ def run(
         dtype=dtype,
         device=device,
         limit=limit,
+        turns=turns,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=top_p,
@@ -88,6 +90,12 @@ def run(
     result = run_bench(config, progress=sys.stderr.isatty())
     print_summary(result.summaries)
     console.print(f"results: {result.out}")
+
+
+SUMMARY_KEYS = {
+    "tokens_per_s", "tau", "ttft_s_median", "tpot_s_median", "exact_rate", "speedup", "roofline_tokens_per_s",
+    "roofline_fraction",
+}  # fmt: skip
 
 
 def method_options(**given: object) -> dict[str, object]:
@@ -130,6 +138,12 @@ def print_summary(summaries: list[dict]) -> None:
             fmt(s["tpot_s_median"] and s["tpot_s_median"] * 1e3, ".1f"),
         )
     console.print(table)
+    for s in summaries:
+        scores = {k: v for k, v in s.items() if k not in SUMMARY_KEYS and isinstance(v, float)}
+        if scores:
+            console.print(
+                f"quality ({s['role']}, {s['method']}): " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
+            )
     ar_row = next((s for s in summaries if s.get("roofline_fraction")), None)
     if ar_row:
         console.print(

@@ -42,6 +42,7 @@ class RunConfig:
     top_k: int = 0
     baseline: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    turns: int | None = None  # at most this many turns of multi-turn tasks (None: all)
     limit: int | None = None
     warmup: int = 1
     data_dir: str | None = None
@@ -56,6 +57,8 @@ class RunConfig:
             raise BenchError(f"--temperature must be >= 0 (got {self.temperature})")
         if not 0 < self.top_p <= 1:
             raise BenchError(f"--top-p must be in (0, 1] (got {self.top_p})")
+        if self.turns is not None and self.turns < 1:
+            raise BenchError(f"--turns must be at least 1 (got {self.turns})")
         if self.top_k < 0 or self.warmup < 0:
             raise BenchError("--top-k and --warmup must be >= 0")
         models.resolve_dtype(self.dtype)
@@ -93,11 +96,17 @@ def build_method(config: RunConfig, target: models.LoadedModel) -> Method:
     return cls(target, config.sampler(), **options)
 
 
+def turn_id(sample_id: str, turn: int) -> str:
+    """Record id of a turn: the sample id for the first turn, `ID:tN` for later ones."""
+    return sample_id if turn == 0 else f"{sample_id}:t{turn + 1}"
+
+
 def run(config: RunConfig, progress: bool = True) -> RunResult:
     """Run (or resume) one method on one task; returns the run directory and the summaries."""
     config.validate()
     task: Task = get_task(config.task)(config.data_dir)
     method_cls = get_method(config.method)
+    method_cls.check_options(set(config.options) | ({"draft"} if config.draft else set()))
     samples = task.load(config.limit)
     if not samples:
         raise BenchError(f"task {config.task} has no samples")
@@ -112,9 +121,13 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
 
     eos = frozenset(target.eos_ids())
     tokenizer = target.tokenizer
-    prompts = {s.id: task.prompt_ids(s, tokenizer) for s in samples}
-    pending = [s for s in samples if not store.has("method", s.id) or (baseline and not store.has("baseline", s.id))]
     runners = [("baseline", baseline), ("method", method)] if baseline else [("method", method)]
+    turns = {s.id: task.turns(s)[: config.turns] for s in samples}
+    pending = [
+        s
+        for s in samples
+        if any(not store.has(role, turn_id(s.id, t)) for role, _ in runners for t in range(len(turns[s.id])))
+    ]
 
     def decode(m: Method, prompt_ids: list[int], max_new: int):
         stop = StopRule(max_new, eos, task.stop_strings, tokenizer)
@@ -123,9 +136,10 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         return m.generate(prompt_ids, stop, Timer(target.device))
 
     if pending:
+        first = task.prompt_ids(pending[0], tokenizer, [])
         for _ in range(config.warmup):
             for _, m in runners:
-                decode(m, prompts[pending[0].id], min(16, config.max_new_tokens))
+                decode(m, first, min(16, config.max_new_tokens))
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -136,22 +150,26 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         job = bar.add_task(f"{config.method} on {config.task}", total=len(samples))
         bar.update(job, completed=len(samples) - len(pending))
         for sample in pending:
-            ids = prompts[sample.id]
             for role, m in runners:
-                if store.has(role, sample.id):
-                    continue
-                decoded = decode(m, ids, config.max_new_tokens)
-                text = tokenizer.decode(decoded.tokens, skip_special_tokens=True)
-                record = generation_record(role, m.name, sample.id, decoded, text)
-                record["prompt_tokens"] = len(ids)
-                record["category"] = sample.meta.get("category")
-                reference = store.get("baseline", sample.id)
-                if role == "method" and reference and m.sampler is None and method_cls.lossless:
-                    record.update(exactness(target.model, ids, reference["token_ids"], decoded.tokens))
-                store.append(record)
+                history: list[tuple[str, str]] = []
+                for t, user_text in enumerate(turns[sample.id]):
+                    pid = turn_id(sample.id, t)
+                    record = store.get(role, pid)
+                    if record is None:
+                        ids = task.prompt_ids(sample, tokenizer, history)
+                        decoded = decode(m, ids, config.max_new_tokens)
+                        text = tokenizer.decode(decoded.tokens, skip_special_tokens=True)
+                        record = generation_record(role, m.name, pid, decoded, text)
+                        record |= {"sample_id": sample.id, "turn": t + 1, "prompt_tokens": len(ids)}
+                        record["category"] = sample.meta.get("category")
+                        reference = store.get("baseline", pid)
+                        if role == "method" and reference and m.sampler is None and method_cls.lossless:
+                            record.update(exactness(target.model, ids, reference["token_ids"], decoded.tokens))
+                        store.append(record)
+                    history.append((user_text, record["text"]))
             bar.advance(job)
 
-    ids = {s.id for s in samples}
+    ids = {turn_id(s.id, t) for s in samples for t in range(len(turns[s.id]))}
     base_records = [r for r in store.records("baseline") if r["prompt_id"] in ids]
     method_records = [r for r in store.records("method") if r["prompt_id"] in ids]
     summaries = []
@@ -167,7 +185,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
 
 
 def quality(task: Task, samples: list, role: str, store: RunStore) -> dict[str, float]:
-    """The task's quality metrics over the finished records of one role (samples in task order)."""
+    """The task's quality metrics over the finished first-turn records of one role (samples in task order)."""
     done = [(s, store.get(role, s.id)) for s in samples if store.has(role, s.id)]
     return task.score([s for s, _ in done], [r["text"] for _, r in done]) if done else {}
 

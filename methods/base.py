@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -36,10 +37,19 @@ class Method(ABC):
     lossless: ClassVar[bool] = True  # greedy output must equal autoregressive greedy output
 
     def __init__(self, target: LoadedModel, sampler: Sampler | None, **options: Any) -> None:
-        if options:
-            raise BenchError(f"method {self.name} does not take option(s): {', '.join(sorted(options))}")
+        self.check_options(set(options))
         self.target = target
         self.sampler = sampler
+
+    @classmethod
+    def check_options(cls, names: set[str]) -> None:
+        """Refuse options this method does not take, before any model is loaded."""
+        params = inspect.signature(cls.__init__).parameters
+        known = {n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD} - {"self", "target", "sampler"}
+        unknown = sorted(names - known)
+        if unknown:
+            flags = ", ".join("--" + n.replace("_", "-") for n in unknown)
+            raise BenchError(f"method {cls.name} does not take {flags}")
 
     @abstractmethod
     def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:

@@ -54,6 +54,7 @@ def main() -> None:
                 method=method, task=task, model=p["model"], draft=p["draft"] if "assist" in method or "spec" in method
                 else None, dtype=p["dtype"], limit=args.limit or p["limit"], max_new_tokens=p["max_new_tokens"],
                 options=method_options(**options), out=str(Path(args.out) / args.preset / task / name),
+                turns=1,  # first turns of multi-turn tasks, as in the papers' speed tables
             )  # fmt: skip
             base, result = run(config).summaries
             rows.append((task, label(method, options), result, base))

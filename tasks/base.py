@@ -38,9 +38,14 @@ class Task(ABC):
     def load(self, limit: int | None = None) -> list[Sample]:
         """The first `limit` samples (all when None), in a fixed order."""
 
-    def prompt_ids(self, sample: Sample, tokenizer: Any) -> list[int]:
-        """Token ids of the prompt: the chat template where the tokenizer has one, plain text otherwise."""
-        return encode_prompt(tokenizer, sample.prompt)
+    def turns(self, sample: Sample) -> list[str]:
+        """The user turns of a sample (one for single-turn tasks)."""
+        return [sample.prompt]
+
+    def prompt_ids(self, sample: Sample, tokenizer: Any, history: list[tuple[str, str]] = ()) -> list[int]:
+        """Token ids of the next turn's prompt after `history` ((user, model answer) pairs): the chat template
+        where the tokenizer has one, plain text otherwise."""
+        return encode_prompt(tokenizer, self.turns(sample)[len(history)], history)
 
     def score(self, samples: list[Sample], outputs: list[str]) -> dict[str, float]:
         """Quality metrics over the outputs (empty for tasks judged only by exactness)."""

@@ -1,4 +1,5 @@
-"""`mtbench`: MT-bench questions (FastChat layout), chat template applied. First turns for now."""
+"""`mtbench`: MT-bench (FastChat layout): two turns, the second conditioned on the model's own first answer,
+chat template applied; categories kept for per-category reports. Judged by exactness (no reference score)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ HUB_ID = "HuggingFaceH4/mt_bench_prompts"
 @register
 class MTBench(Task):
     name = "mtbench"
-    description = "MT-bench, 80 questions in 8 categories (first turn), chat template"
+    description = "MT-bench, 80 questions x 2 turns in 8 categories, chat template"
 
     def load(self, limit: int | None = None) -> list[Sample]:
         if self.data_dir is not None:
@@ -24,6 +25,9 @@ class MTBench(Task):
             Sample(str(r["question_id"]), r["turns"][0], meta={"category": r["category"], "turns": r["turns"]})
             for r in rows
         ]
+
+    def turns(self, sample: Sample) -> list[str]:
+        return list(sample.meta["turns"])
 
 
 def _from_hub(limit: int | None) -> list[dict]:
