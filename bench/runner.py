@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ class RunConfig:
     baseline: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     turns: int | None = None  # at most this many turns of multi-turn tasks (None: all)
+    split: str | None = None  # task-specific: e.g. wmt newstest2016
+    subset: str | None = None  # task-specific: e.g. a Spec-Bench category
     limit: int | None = None
     warmup: int = 1
     data_dir: str | None = None
@@ -88,6 +91,17 @@ class RunResult:
     summaries: list[dict[str, Any]]
 
 
+def build_task(config: RunConfig) -> Task:
+    """The task with the --split / --subset the user gave (refused by tasks that have none)."""
+    cls = get_task(config.task)
+    options = {k: v for k, v in (("split", config.split), ("subset", config.subset)) if v is not None}
+    params = inspect.signature(cls.__init__).parameters
+    for name in options:
+        if name not in params:
+            raise BenchError(f"task {config.task} has no --{name}")
+    return cls(config.data_dir, **options)
+
+
 def build_method(config: RunConfig, target: models.LoadedModel) -> Method:
     cls = get_method(config.method)
     options = dict(config.options)
@@ -104,7 +118,7 @@ def turn_id(sample_id: str, turn: int) -> str:
 def run(config: RunConfig, progress: bool = True) -> RunResult:
     """Run (or resume) one method on one task; returns the run directory and the summaries."""
     config.validate()
-    task: Task = get_task(config.task)(config.data_dir)
+    task = build_task(config)
     method_cls = get_method(config.method)
     method_cls.check_options(set(config.options) | ({"draft"} if config.draft else set()))
     samples = task.load(config.limit)

@@ -33,6 +33,10 @@ def bench(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         (["--method", "ar", "--task", "mtbench", "--model", "no-such-preset"], "neither a preset"),
         (["--method", "ar", "--task", "mtbench", "--data-dir", "/no/such/dir"], "does not exist"),
         (["--method", "ar", "--task", "mtbench", "--device", "tpu"], "unknown device 'tpu'"),
+        (["--method", "pld", "--task", "mtbench", "-W", "3"], "method pld does not take --window"),
+        (["--method", "ar", "--task", "mtbench", "--draft", "x"], "method ar does not take --draft"),
+        (["--method", "ar", "--task", "mtbench", "--turns", "0"], "--turns must be at least 1"),
+        (["--method", "ar", "--task", "mtbench", "--split", "x"], "task mtbench has no --split"),
     ],
 )
 def test_bad_run_input(monkeypatch, capsys, data_dir, args, message):

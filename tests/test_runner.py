@@ -76,3 +76,29 @@ def test_sampling_run_is_seeded(tiny_dir, data_dir, tmp_path):
     a = run(config(tiny_dir, data_dir, tmp_path / "a", method="ar", limit=2, temperature=0.8), progress=False)
     b = run(config(tiny_dir, data_dir, tmp_path / "b", method="ar", limit=2, temperature=0.8), progress=False)
     assert [r["token_ids"] for r in lines(a.out)] == [r["token_ids"] for r in lines(b.out)]
+
+
+def test_mtbench_second_turn_is_conditioned_on_own_first_answer(tiny_dir, data_dir, tmp_path, monkeypatch):
+    from tasks.mtbench import MTBench
+
+    seen = []
+    real = MTBench.prompt_ids
+
+    def spy(self, sample, tokenizer, history=()):
+        seen.append(list(history))
+        return real(self, sample, tokenizer, history)
+
+    monkeypatch.setattr(MTBench, "prompt_ids", spy)
+    result = run(config(tiny_dir, data_dir, tmp_path / "r", method="pld", limit=2), progress=False)
+    records = lines(tmp_path / "r")
+    assert sorted(r["prompt_id"] for r in records if r["role"] == "method") == ["81", "81:t2", "82", "82:t2"]
+    by_key = {(r["role"], r["prompt_id"]): r for r in records}
+    turn_two_histories = [h for h in seen if h]
+    assert turn_two_histories, "the second turn was never built"
+    first_answers = {by_key[(role, "81")]["text"] for role in ("baseline", "method")}
+    assert any(h[0][1] in first_answers for h in turn_two_histories)
+    assert all(r["turn"] in (1, 2) for r in records)
+    assert result.summaries[1]["exact_rate"] == 1.0
+    # --turns 1 keeps first turns only
+    run(config(tiny_dir, data_dir, tmp_path / "one", method="ar", limit=2, turns=1), progress=False)
+    assert [r["prompt_id"] for r in lines(tmp_path / "one")] == ["81", "82"]
