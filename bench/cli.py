@@ -16,6 +16,8 @@ from bench.errors import BenchError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Measure fast LLM decoding methods honestly.")
 models_app = typer.Typer(no_args_is_help=True, help="Model presets and their cache.")
 app.add_typer(models_app, name="models")
+task_app = typer.Typer(no_args_is_help=True, help="Task self-checks.")
+app.add_typer(task_app, name="task")
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
@@ -189,10 +191,49 @@ def fetch(
     typer.echo(f"{preset}: {path}")
 
 
+@task_app.command("check")
+def task_check(
+    name: str = typer.Argument(..., help="The task to check (humaneval: its sandboxed scoring)."),
+    data_dir: str | None = typer.Option(None, help="Folder with the task data (else $DECODEBENCH_DATA, else hub)."),
+    workers: int = typer.Option(2, help="Sandboxed programs run at a time."),
+) -> None:
+    """HumanEval: all canonical solutions must pass, hostile completions must fail and leave no trace."""
+    import os
+
+    from tasks import humaneval
+    from tasks.base import get_task
+    from tasks.sandbox import isolation_report
+
+    if get_task(name) is not humaneval.HumanEval:
+        raise BenchError(f"task {name!r} has no check; only humaneval has one")
+    if workers < 1:
+        raise BenchError("--workers must be at least 1")
+    samples = humaneval.HumanEval(data_dir).load()
+    if not samples:
+        raise BenchError("the humaneval data has no problems")
+    for layer, state in isolation_report().items():
+        typer.echo(f"isolation {layer}: {state}")
+    results = humaneval.execute(samples, [s.reference for s in samples], workers)
+    for sample, result in zip(samples, results, strict=True):
+        if not result.passed:
+            typer.echo(f"canonical {sample.id}: {result.status} {result.detail}")
+    passed = sum(r.passed for r in results)
+    typer.echo(f"canonical solutions: {passed}/{len(samples)} passed")
+    cases = humaneval.hostile_check(samples[0], workers)
+    for case in cases:
+        typer.echo(f"hostile {case.name}: {'contained' if case.contained else 'NOT CONTAINED'} - {case.detail}")
+    contained = sum(c.contained for c in cases)
+    typer.echo(f"hostile cases: {contained}/{len(cases)} contained; harness alive (pid {os.getpid()})")
+    ok = passed == len(samples) and contained == len(cases)
+    typer.echo("humaneval check: " + ("OK" if ok else "FAILED"))
+    if not ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point: user-facing errors become one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # with standalone_mode off, click returns typer.Exit codes
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
@@ -210,6 +251,8 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Abort):
             raise SystemExit(130) from None
         raise
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":
