@@ -13,7 +13,7 @@ from methods.ar import Autoregressive
 
 def config(tiny_dir, data_dir, out, **kw) -> RunConfig:
     base = dict(method="hf", task="mtbench", model=str(tiny_dir), data_dir=str(data_dir), out=str(out))
-    return RunConfig(**(base | {"max_new_tokens": 12, "warmup": 0} | kw))
+    return RunConfig(**(base | {"max_new_tokens": 12, "warmup": 0, "turns": 1} | kw))
 
 
 def lines(out) -> list[dict]:
@@ -89,7 +89,7 @@ def test_mtbench_second_turn_is_conditioned_on_own_first_answer(tiny_dir, data_d
         return real(self, sample, tokenizer, history)
 
     monkeypatch.setattr(MTBench, "prompt_ids", spy)
-    result = run(config(tiny_dir, data_dir, tmp_path / "r", method="pld", limit=2), progress=False)
+    result = run(config(tiny_dir, data_dir, tmp_path / "r", method="pld", limit=2, turns=None), progress=False)
     records = lines(tmp_path / "r")
     assert sorted(r["prompt_id"] for r in records if r["role"] == "method") == ["81", "81:t2", "82", "82:t2"]
     by_key = {(r["role"], r["prompt_id"]): r for r in records}
