@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from abc import ABC, abstractmethod
@@ -78,11 +79,13 @@ def resolve_data_dir(explicit: str | Path | None) -> Path | None:
 
 
 def read_jsonl(path: Path, required: tuple[str, ...], limit: int | None = None) -> list[dict[str, Any]]:
-    """Read records from a jsonl file, checking each has the required fields; errors name file and line."""
+    """Read records from a jsonl (or jsonl.gz) file, checking each has the required fields; errors name file
+    and line."""
     if not path.is_file():
         raise BenchError(f"data file {path} does not exist")
     records = []
-    with path.open(encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue

