@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from bench.errors import BenchError
@@ -32,6 +33,18 @@ class _MarkingStreamer(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+class _StopStrings(StoppingCriteria):
+    """Stops `generate` where our stop rule would (a stop string in the generated text)."""
+
+    def __init__(self, stop: StopRule, prompt_len: int) -> None:
+        self.stop, self.prompt_len = stop, prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        new = input_ids[0, self.prompt_len :].tolist()
+        done = any(s in self.stop.tokenizer.decode(new) for s in self.stop.stop_strings)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 class _ForwardCounter:
@@ -61,8 +74,8 @@ class _Generate(Method):
         model, tokenizer = self.target.model, self.target.tokenizer
         kwargs = dict(max_new_tokens=stop.max_new_tokens, eos_token_id=sorted(stop.eos_ids) or None)
         kwargs |= self.generate_kwargs()
-        if stop.stop_strings:
-            kwargs.update(stop_strings=list(stop.stop_strings), tokenizer=tokenizer)
+        if stop.stop_strings:  # our own criterion: transformers' stop_strings break assisted generation
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings(stop, len(prompt_ids))])
         if self.sampler is None:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:

@@ -217,3 +217,14 @@ def test_lookahead_sampling_matches_target_distribution(small_pair):
     exact = exact_distribution(target, prompt, steps, sampler)
     got = empirical(lambda: LookaheadDrafter(2, 3, 4, True), target, prompt, steps, sampler, n)
     assert not chi_square_rejects(got, exact, n)
+
+
+@pytest.mark.parametrize(("name", "options"), SETTINGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SETTINGS)])
+def test_stop_string_inside_accepted_block(tiny, draft, name, options):
+    ids = tiny.tokenizer(PROMPTS[1])["input_ids"]
+    free = Autoregressive(tiny, None).generate(ids, StopRule(40), Timer()).tokens
+    target = tiny.tokenizer.decode(free[10:12])
+    stop = StopRule(40, stop_strings=(target,), tokenizer=tiny.tokenizer)
+    expected = Autoregressive(tiny, None).generate(ids, stop, Timer()).tokens
+    got = build(name, options, tiny, draft).generate(ids, stop, Timer())
+    assert got.tokens == expected and len(expected) < 40
