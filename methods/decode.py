@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from transformers import DynamicCache
 
 from bench.timing import Timer
+from methods.kvcache import keep, new_cache
 
 
 @dataclass
@@ -135,18 +135,6 @@ def _attention(draft: Draft, cached: int, device: torch.device) -> tuple[torch.T
     return (cached + offsets).unsqueeze(0), mask[None, None]
 
 
-def _keep(cache: DynamicCache, cached: int, n_draft: int, accepted: list[int]) -> None:
-    """Keep the prefix, the pending token and the accepted draft positions; drop the rest of this step."""
-    if accepted == list(range(len(accepted))):
-        cache.crop(len(accepted) - n_draft)  # negative: drop the trailing rejected positions
-        return
-    index = torch.tensor([*range(cached + 1), *(cached + 1 + i for i in accepted)])
-    for layer in cache.layers:
-        index = index.to(layer.keys.device)
-        layer.keys = layer.keys.index_select(-2, index)
-        layer.values = layer.values.index_select(-2, index)
-
-
 def _verify_greedy(draft: Draft, predicted: list[int]) -> list[int]:
     """Indices of the longest candidate path that agrees with the target's argmax."""
     best: list[int] = []
@@ -212,7 +200,7 @@ def verify_loop(
     target forward; returns the new tokens and how many tokens each target forward committed.
     """
     device = next(model.parameters()).device
-    cache = DynamicCache(config=model.config)
+    cache = new_cache(model)
     timer.start()
     logits = model(torch.tensor([prompt_ids], device=device), past_key_values=cache, logits_to_keep=1).logits
     pending = logits[0, -1].argmax() if sampler is None else torch.tensor(sampler.sample(sampler.probs(logits[0, -1])))
@@ -241,7 +229,7 @@ def verify_loop(
                 following = predicted[path[-1] + 1 if path else 0]
             else:
                 path, following = _verify_sampling(draft, logits, sampler)
-            _keep(cache, cached, len(draft.tokens), path)
+            keep(cache, cached, len(draft.tokens), path)
             drafter.observe(draft, predicted, path)
             new = [draft.tokens[i] for i in path] + [following]
             pending = torch.tensor(following)

@@ -8,13 +8,13 @@ distribution. k is fixed or adapted (+2 after a fully accepted draft, -1 otherwi
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from bench.errors import BenchError
 from bench.models import LoadedModel
 from bench.timing import Timer
 from methods.base import Decoded, Method, register
 from methods.decode import Draft, Sampler, StopRule, verify_loop
+from methods.kvcache import new_cache
 
 
 class DraftModelDrafter:
@@ -26,7 +26,7 @@ class DraftModelDrafter:
         self.k = k
         self.adaptive = adaptive
         self.sampler = sampler
-        self.cache = DynamicCache(config=self.model.config)
+        self.cache = new_cache(self.model)
         self.cached: list[int] = []  # tokens whose keys/values are in self.cache
         self.draft_forwards = 0
 

@@ -14,7 +14,8 @@ from bench.models import LoadedModel
 from bench.timing import Timer
 from methods.ar import Autoregressive
 from methods.base import get_method
-from methods.decode import Draft, Sampler, StopRule, _attention, _keep, verify_loop
+from methods.decode import Draft, Sampler, StopRule, _attention, verify_loop
+from methods.kvcache import keep, new_cache
 from methods.lookahead import LookaheadDrafter
 from methods.speculative import DraftModelDrafter
 from tests.conftest import make_model, make_tokenizer
@@ -85,13 +86,14 @@ def test_methods_commit_several_tokens_per_forward(tiny, draft):
     assert spec.draft_forwards > 0
 
 
-def test_cache_after_rollback_equals_ar_cache(tiny):
+@pytest.mark.parametrize("make_cache", [new_cache, lambda m: DynamicCache(config=m.config)], ids=["growing", "stock"])
+def test_cache_after_rollback_equals_ar_cache(tiny, make_cache):
     """Keeping non-contiguous accepted positions (a Lookahead-style draft) leaves the AR cache of those tokens."""
     model = tiny.model
     ids = tiny.tokenizer(PROMPTS[2])["input_ids"]
     truth = Autoregressive(tiny, None).generate(ids, StopRule(6), Timer()).tokens
     context = ids + truth[:1]
-    cache = DynamicCache(config=model.config)
+    cache = make_cache(model)
     with torch.inference_mode():
         model(torch.tensor([ids]), past_key_values=cache)
         # extra tokens: 3 unrelated window tokens, then a wrong guess, then the right continuation
@@ -107,9 +109,14 @@ def test_cache_after_rollback_equals_ar_cache(tiny):
         step = torch.tensor([[truth[0], *draft.tokens]])
         logits = model(step, past_key_values=cache, position_ids=positions, attention_mask=mask).logits[0]
         assert logits.argmax(-1)[[0, 5, 6]].tolist() == truth[1:4]  # branch tokens see the right context
-        _keep(cache, len(ids), len(draft.tokens), [4, 5, 6])
+        keep(cache, len(ids), len(draft.tokens), [4, 5, 6])
         reference = DynamicCache(config=model.config)
         model(torch.tensor([context + truth[1:4]]), past_key_values=reference)
+        # the cache keeps working after the rollback: one more step equals the reference's
+        nxt = torch.tensor([[truth[4]]])
+        torch.testing.assert_close(
+            model(nxt, past_key_values=cache).logits, model(nxt, past_key_values=reference).logits, atol=1e-5, rtol=1e-5
+        )
     for ours, ref in zip(cache.layers, reference.layers, strict=True):
         assert ours.keys.shape == ref.keys.shape
         torch.testing.assert_close(ours.keys, ref.keys, atol=1e-5, rtol=1e-5)
