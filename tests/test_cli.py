@@ -64,39 +64,19 @@ def test_model_folder_that_fails_to_load(monkeypatch, capsys, data_dir, tmp_path
     assert code == 2 and "could not load model" in err
 
 
-def test_malformed_data_file(monkeypatch, capsys, tmp_path, tiny_dir):
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (json.dumps({"question_id": 1, "category": "x", "turns": ["hi"]}) + "\n{broken\n", "line 2 is not valid JSON"),
+        (json.dumps({"question_id": 1}) + "\n", "line 1 lacks field(s) category, turns"),
+    ],
+)
+def test_malformed_data_file(monkeypatch, capsys, tmp_path, tiny_dir, content, message):
     (tmp_path / "mt_bench").mkdir()
-    good = json.dumps({"question_id": 1, "category": "x", "turns": ["hi"]})
-    (tmp_path / "mt_bench" / "question.jsonl").write_text(good + "\n{broken\n")
-    code, _, err = bench(
-        monkeypatch,
-        capsys,
-        "run",
-        "-m",
-        "ar",
-        "-t",
-        "mtbench",
-        "--model",
-        str(tiny_dir),
-        "--data-dir",
-        str(tmp_path),
-    )
-    assert code == 2 and "question.jsonl: line 2 is not valid JSON" in err
-    (tmp_path / "mt_bench" / "question.jsonl").write_text(json.dumps({"question_id": 1}) + "\n")
-    code, _, err = bench(
-        monkeypatch,
-        capsys,
-        "run",
-        "-m",
-        "ar",
-        "-t",
-        "mtbench",
-        "--model",
-        str(tiny_dir),
-        "--data-dir",
-        str(tmp_path),
-    )
-    assert code == 2 and "line 1 lacks field(s) category, turns" in err
+    (tmp_path / "mt_bench" / "question.jsonl").write_text(content)
+    args = ["run", "-m", "ar", "-t", "mtbench", "--model", str(tiny_dir), "--data-dir", str(tmp_path)]
+    code, _, err = bench(monkeypatch, capsys, *args)
+    assert code == 2 and f"question.jsonl: {message}" in err
 
 
 def test_unknown_preset_fetch(monkeypatch, capsys):
