@@ -120,6 +120,14 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     config.validate()
     task = build_task(config)
     method_cls = get_method(config.method)
+    preset = models.PRESETS.get(config.model)
+    if (
+        config.draft is None
+        and preset
+        and preset.draft
+        and "draft" in inspect.signature(method_cls.__init__).parameters
+    ):
+        config.draft = preset.draft  # the preset's usual draft model
     method_cls.check_options(set(config.options) | ({"draft"} if config.draft else set()))
     samples = task.load(config.limit)
     if not samples:
