@@ -14,7 +14,7 @@ def generation_record(role: str, method: str, prompt_id: str, decoded: Decoded, 
     """Every per-generation field of shared/metrics.md for one finished generation."""
     t = decoded.timing
     n = len(decoded.tokens)
-    record: dict[str, Any] = {
+    return {
         "role": role,
         "method": method,
         "prompt_id": prompt_id,
@@ -34,8 +34,6 @@ def generation_record(role: str, method: str, prompt_id: str, decoded: Decoded, 
         "first_divergence": None,
         "margin": None,
     }
-    record.update(decoded.extra)
-    return record
 
 
 @torch.inference_mode()

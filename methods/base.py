@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bench.errors import BenchError
@@ -22,7 +22,6 @@ class Decoded:
     timing: Timing
     draft_forwards: int = 0
     forwards: int | None = None  # target forwards when they are not one per `accepted` entry (external methods)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def target_forwards(self) -> int:
