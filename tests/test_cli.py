@@ -48,19 +48,8 @@ def test_bad_run_input(monkeypatch, capsys, data_dir, args, message):
 
 def test_model_folder_that_fails_to_load(monkeypatch, capsys, data_dir, tmp_path):
     (tmp_path / "config.json").write_text("{not json")
-    code, _, err = bench(
-        monkeypatch,
-        capsys,
-        "run",
-        "-m",
-        "ar",
-        "-t",
-        "mtbench",
-        "--model",
-        str(tmp_path),
-        "--data-dir",
-        str(data_dir),
-    )
+    args = ["run", "-m", "ar", "-t", "mtbench", "--model", str(tmp_path), "--data-dir", str(data_dir)]
+    code, _, err = bench(monkeypatch, capsys, *args)
     assert code == 2 and "could not load model" in err
 
 
