@@ -141,8 +141,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     manifest_config = config.identity() | {"model_artifact": target.artifact, "task_data": str(task.data_dir)}
     store = RunStore.open(config.out_dir(), manifest_config, env)
 
-    eos = frozenset(target.eos_ids())
-    tokenizer = target.tokenizer
+    tokenizer = target.tokenizer  # prompts are always in the target's tokenization
     runners = [("baseline", baseline), ("method", method)] if baseline else [("method", method)]
     turns = {s.id: task.turns(s)[: config.turns] for s in samples}
     pending = [
@@ -152,7 +151,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     ]
 
     def decode(m: Method, prompt_ids: list[int], max_new: int):
-        stop = StopRule(max_new, eos, task.stop_strings, tokenizer)
+        stop = StopRule(max_new, m.output_eos_ids(), task.stop_strings, m.output_tokenizer)
         if m.sampler is not None:
             m.sampler.reset()
         return m.generate(prompt_ids, stop, Timer(target.device))
@@ -180,7 +179,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
                     if record is None:
                         ids = task.prompt_ids(sample, tokenizer, history)
                         decoded = decode(m, ids, config.max_new_tokens)
-                        text = tokenizer.decode(decoded.tokens, skip_special_tokens=True)
+                        text = m.output_tokenizer.decode(decoded.tokens, skip_special_tokens=True)
                         record = generation_record(role, m.name, pid, decoded, text)
                         record |= {"sample_id": sample.id, "turn": t + 1, "prompt_tokens": len(ids)}
                         record["category"] = sample.meta.get("category")

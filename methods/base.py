@@ -22,6 +22,7 @@ class Decoded:
     timing: Timing
     draft_forwards: int = 0
     forwards: int | None = None  # target forwards when they are not one per `accepted` entry (external methods)
+    encode_s: float | None = None  # LLM-to-SLM: seconds the large model spent encoding the prompt (inside ttft)
 
     @property
     def target_forwards(self) -> int:
@@ -49,6 +50,15 @@ class Method(ABC):
         if unknown:
             flags = ", ".join("--" + n.replace("_", "-") for n in unknown)
             raise BenchError(f"method {cls.name} does not take {flags}")
+
+    @property
+    def output_tokenizer(self) -> Any:
+        """The tokenizer of the generated ids (the target's, unless the method generates with another model)."""
+        return self.target.tokenizer
+
+    def output_eos_ids(self) -> frozenset[int]:
+        """End-of-sequence ids in the output vocabulary."""
+        return frozenset(self.target.eos_ids())
 
     @abstractmethod
     def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
