@@ -9,7 +9,7 @@ ifneq ($(wildcard ../shared/data/README.md),)
 export DECODEBENCH_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup test lint format demo bench-timer bench-ar clean
+.PHONY: setup test lint format demo bench-timer bench-ar check-ci reproduce-cpu reproduce-all clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,27 @@ bench-timer: setup
 
 bench-ar: setup
 	$(BIN)/python scripts/ar_vs_hf.py
+
+# Regression check for CI: a tiny sweep on the smallest offline preset against the committed baseline table.
+# After an intended change: `make check-ci CHECK_FLAGS=--update` rewrites the baseline.
+check-ci: setup
+	rm -rf runs/ci
+	$(BIN)/bench sweep results/configs/ci.yaml --no-report
+	$(BIN)/bench check runs/ci --baseline results/baselines/ci-cpu.csv $(CHECK_FLAGS)
+
+# The papers' tables. CPU-sized on the offline presets (about 25 minutes here), committed as results/cpu/.
+reproduce-cpu: setup
+	$(BIN)/bench sweep results/configs/cpu.yaml --no-report
+	$(BIN)/bench sweep results/configs/cpu-spec.yaml --no-report
+	$(BIN)/bench report results/cpu/runs --out results/cpu --against lookahead --against spec-bench --against llm-to-slm
+
+# The papers' own setups: needs CUDA GPUs and hub access (gated Llama-2 / CodeLlama weights).
+PAPERS ?= lookahead spec-bench
+reproduce-all: setup
+	for paper in $(PAPERS); do \
+		$(BIN)/bench sweep results/configs/$$paper.yaml --no-report && \
+		$(BIN)/bench report results/$$paper/runs --out results/$$paper --against $$paper || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

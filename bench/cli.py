@@ -18,6 +18,8 @@ models_app = typer.Typer(no_args_is_help=True, help="Model presets and their cac
 app.add_typer(models_app, name="models")
 task_app = typer.Typer(no_args_is_help=True, help="Task self-checks.")
 app.add_typer(task_app, name="task")
+train_app = typer.Typer(no_args_is_help=True, help="Fine-tune LLM-to-SLM, or the SLM alone as its baseline.")
+app.add_typer(train_app, name="train")
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
@@ -31,7 +33,9 @@ class Listing(StrEnum):
 def run(
     method: str = typer.Option(..., "--method", "-m", help="Decoding method (see `bench list methods`)."),
     task: str = typer.Option(..., "--task", "-t", help="Task (see `bench list tasks`)."),
-    model: str = typer.Option(models.DEFAULT_MODEL, help="Preset name, hub id or local folder."),
+    model: str | None = typer.Option(
+        None, help=f"Preset name, hub id or local folder (default: --checkpoint's LLM, else {models.DEFAULT_MODEL})."
+    ),
     draft: str | None = typer.Option(None, help="Draft model (preset, hub id or folder) for speculative methods."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
@@ -56,11 +60,16 @@ def run(
     adaptive: bool | None = typer.Option(None, help="speculative: adapt the draft length (+2 / -1)."),
     max_ngram: int | None = typer.Option(None, help="pld/hf-pld: largest n-gram to match."),
     num_candidates: int | None = typer.Option(None, help="pld/hf-pld: candidate tokens per step."),
+    checkpoint: str | None = typer.Option(None, help="llm2slm: a checkpoint folder from `bench train llm2slm`."),
 ) -> None:
     """Run a method on a task; resumes the run directory if it exists with the same config."""
     from bench.runner import RunConfig
     from bench.runner import run as run_bench
 
+    if model is None:
+        from methods.llm2slm import checkpoint_llm
+
+        model = checkpoint_llm(checkpoint) if checkpoint else models.DEFAULT_MODEL
     config = RunConfig(
         method=method,
         task=task,
@@ -90,6 +99,7 @@ def run(
             adaptive=adaptive,
             max_ngram=max_ngram,
             num_candidates=num_candidates,
+            checkpoint=checkpoint,
         ),
     )
     config.validate()
@@ -156,6 +166,108 @@ def print_summary(summaries: list[dict]) -> None:
             f"roofline: {ar_row['roofline_tokens_per_s']:.1f} tok/s; "
             f"autoregressive reaches {ar_row['roofline_fraction']:.1%} of it"
         )
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run directories, or folders holding them (searched recursively)."),
+    out: Path = typer.Option(Path("runs/report"), help="Folder for summary.csv, summary.md and the plots."),
+    against: list[str] = typer.Option([], help="Compare with a paper's numbers: lookahead, spec-bench, llm-to-slm."),
+    plots: bool = typer.Option(True, help="Write the PNG figures."),
+) -> None:
+    """Tables (CSV + markdown), plots and paper-vs-measured comparisons from finished runs."""
+    write_report(runs, out, against, plots)
+
+
+def write_report(runs: list[Path], out: Path, against: list[str], plots: bool) -> None:
+    """summary.csv, summary.md, against-PAPER.csv and the figures in `out`; the tables on stdout."""
+    from bench import report as rep
+
+    found = rep.find_runs(runs)
+    df = rep.table(found)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "summary.csv", index=False)
+    text = rep.markdown(df)
+    sections = [f"# decodebench report\n\n{len(found)} run directories.\n\n{text}\n"]
+    typer.echo(text)
+    for row in df[df["flag"] != ""].itertuples():
+        typer.echo(f"flagged: {row.method} {row.settings} on {row.task} ({row.run}): {row.flag}")
+    for paper in against:
+        joined = rep.against(df, paper)
+        joined.to_csv(out / f"against-{paper}.csv", index=False)
+        table = joined.astype(object).where(joined.notna(), "").to_markdown(index=False, floatfmt=".3g")
+        sections.append(f"## Published ({paper}) vs. measured\n\n{table}\n")
+        typer.echo(f"\n{paper}: published vs. measured\n{table}")
+    if plots:
+        from bench.plots import all_plots
+
+        made = all_plots(df, found, out)
+        sections.append("## Figures\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in made) + "\n")
+    (out / "summary.md").write_text("\n".join(sections))
+    typer.echo(f"report: {out}")
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="A sweep file (YAML; see results/configs/)."),
+    out: Path | None = typer.Option(None, help="Results tree (default: the file's `out`, else runs/sweeps/NAME)."),
+    report: bool = typer.Option(True, help="Write the report (CSV, markdown, plots) into OUT/report at the end."),
+) -> None:
+    """Run a grid of cells into one results tree; finished cells are skipped, one AR baseline per model/task."""
+    from bench.sweep import run_sweep
+
+    status = run_sweep(config, out, progress=sys.stderr.isatty(), echo=typer.echo)
+    failed = {k: v for k, v in status["cells"].items() if v["status"] == "failed"}
+    typer.echo(f"sweep: {len(status['cells']) - len(failed)} cells done, {len(failed)} failed; {status['root']}")
+    for key, cell in failed.items():
+        typer.echo(f"failed: {key}: {cell['reason']}")
+    if report:
+        write_report([Path(status["root"])], Path(status["root"]) / "report", [], plots=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def check(
+    runs: list[Path] = typer.Argument(..., help="Run directories, or folders holding them."),
+    baseline: Path = typer.Option(..., help="Baseline table: a `bench report` summary.csv (results/baselines/)."),
+    tau_tolerance: float = typer.Option(0.05, help="Relative tau drop allowed."),
+    quality_tolerance: float = typer.Option(1.0, help="Quality drop allowed, in metric points."),
+    speedup_band: float = typer.Option(0.5, help="Relative speedup drop allowed (wide: timing varies by machine)."),
+    speed: bool = typer.Option(True, help="Also check speedups (off on machines unlike the baseline's)."),
+    update: bool = typer.Option(False, help="Write the measured table as the new baseline instead of checking."),
+) -> None:
+    """Exit 1 when exactness, tau or quality regress against the baseline (or a speedup falls out of its band)."""
+    import pandas as pd
+
+    from bench import report as rep
+    from bench.check import Tolerance, regressions
+
+    df = rep.table(rep.find_runs(runs))
+    if update:
+        baseline.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(baseline, index=False)
+        typer.echo(f"baseline written: {baseline} ({len(df)} rows)")
+        return
+    if not baseline.exists():
+        raise BenchError(f"no such baseline table: {baseline} (create one with --update)")
+    try:
+        expected = pd.read_csv(baseline)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise BenchError(f"{baseline}: not a readable CSV ({exc})") from None
+    missing = {"model", "method", "settings", "task", "category", "dtype", "tau"} - set(expected.columns)
+    if missing:
+        raise BenchError(f"{baseline}: not a report table (missing columns {', '.join(sorted(missing))})")
+    hard, slow = regressions(df, expected, Tolerance(tau_tolerance, quality_tolerance, speedup_band))
+    for line in hard:
+        typer.echo(f"REGRESSION {line}")
+    for line in slow if speed else []:
+        typer.echo(f"SPEED REGRESSION {line}")
+    checked = int((df["method"] != "ar").sum())
+    failed = bool(hard) or (speed and bool(slow))
+    typer.echo(f"check: {checked} rows against {baseline}: " + ("FAILED" if failed else "OK"))
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("list")
@@ -228,6 +340,83 @@ def task_check(
     typer.echo("humaneval check: " + ("OK" if ok else "FAILED"))
     if not ok:
         raise typer.Exit(1)
+
+
+# Options shared by both `bench train` commands (typer accepts one declaration in several signatures).
+_SLM = typer.Option(..., help="The small model: preset, hub id or local folder (decoder-only).")
+_TASK = typer.Option(..., "--task", "-t", help="wmt or cnndm; trains on a training split, never the evaluation one.")
+_OUT = typer.Option(..., help="Checkpoint folder; the same command again resumes it.")
+_TRAIN_SPLIT = typer.Option(None, help="Training split (wmt: newstest2016; cnndm: validation).")
+_EVAL_SAMPLES = typer.Option(32, help="Last N examples of the training split, held out for the eval loss.")
+_STEPS = typer.Option(200, help="Optimizer steps (a resumed run continues up to this many).")
+_BATCH_SIZE = typer.Option(8, help="Examples per step.")
+_LR = typer.Option(1e-4, help="AdamW learning rate (10 warm-up steps, then constant).")
+_SLM_TUNING = typer.Option("full", help="full, lora or frozen (llm2slm only: train the projector alone).")
+_MAX_PROMPT = typer.Option(1024, help="Skip examples whose prompt has more tokens.")
+_MAX_ANSWER = typer.Option(128, help="Truncate answers to this many tokens.")
+_SEED = typer.Option(0, help="Seed of the initialisation and the data order.")
+_DATA_DIR = typer.Option(None, help="Folder with the task data (else $DECODEBENCH_DATA, else hub).")
+_EVAL_EVERY = typer.Option(50, help="Evaluate every K steps (0: only before the first and after the last).")
+_SAVE_EVERY = typer.Option(50, help="Save a checkpoint every K steps (and after the last).")
+_THREADS = typer.Option(None, help="CPU threads for torch.")
+
+
+@train_app.command("llm2slm")
+def train_llm2slm(
+    llm: str = typer.Option(..., help="The frozen large model: preset, hub id or local folder."),
+    slm: str = _SLM,
+    task: str = _TASK,
+    out: str = _OUT,
+    mode: str = typer.Option("add", help="add the projected LLM features to the prompt embeddings, or replace them."),
+    train_split: str | None = _TRAIN_SPLIT,
+    eval_samples: int = _EVAL_SAMPLES,
+    steps: int = _STEPS,
+    batch_size: int = _BATCH_SIZE,
+    lr: float = _LR,
+    slm_tuning: str = _SLM_TUNING,
+    max_prompt_tokens: int = _MAX_PROMPT,
+    max_answer_tokens: int = _MAX_ANSWER,
+    seed: int = _SEED,
+    data_dir: str | None = _DATA_DIR,
+    eval_every: int = _EVAL_EVERY,
+    save_every: int = _SAVE_EVERY,
+    threads: int | None = _THREADS,
+) -> None:
+    """Train the projector (and adapter) and the SLM on the frozen LLM's prompt encodings."""
+    _train("llm2slm", **locals())  # the parameters, exactly
+
+
+@train_app.command("slm")
+def train_slm(
+    slm: str = _SLM,
+    task: str = _TASK,
+    out: str = _OUT,
+    train_split: str | None = _TRAIN_SPLIT,
+    eval_samples: int = _EVAL_SAMPLES,
+    steps: int = _STEPS,
+    batch_size: int = _BATCH_SIZE,
+    lr: float = _LR,
+    slm_tuning: str = _SLM_TUNING,
+    max_prompt_tokens: int = _MAX_PROMPT,
+    max_answer_tokens: int = _MAX_ANSWER,
+    seed: int = _SEED,
+    data_dir: str | None = _DATA_DIR,
+    eval_every: int = _EVAL_EVERY,
+    save_every: int = _SAVE_EVERY,
+    threads: int | None = _THREADS,
+) -> None:
+    """The baseline: the same SLM fine-tuned on the same data without the LLM; writes a plain model folder."""
+    _train("slm", **locals())  # the parameters, exactly
+
+
+def _train(kind: str, **options: object) -> None:
+    from bench.train import HISTORY_FILE, TrainConfig, train
+
+    result = train(TrainConfig(kind=kind, **options), progress=sys.stderr.isatty())
+    losses = [r["eval_loss"] for r in result.history if r["eval_loss"] is not None]
+    summary = f"; eval loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""
+    console.print(f"trained to step {result.step}{summary}")
+    console.print(f"checkpoint: {result.out} (loss history: {result.out / HISTORY_FILE})")
 
 
 def main() -> None:

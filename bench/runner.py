@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench import environment, models
 from bench.errors import BenchError
 from bench.metrics import exactness, generation_record, summarize
-from bench.store import RunStore
+from bench.store import SUMMARY, RunStore
 from bench.timing import Timer
 from methods.base import Method, get_method
 from methods.decode import Sampler, StopRule
@@ -115,8 +116,18 @@ def turn_id(sample_id: str, turn: int) -> str:
     return sample_id if turn == 0 else f"{sample_id}:t{turn + 1}"
 
 
-def run(config: RunConfig, progress: bool = True) -> RunResult:
-    """Run (or resume) one method on one task; returns the run directory and the summaries."""
+def baseline_config(config: RunConfig) -> RunConfig:
+    """The `ar` run that serves as the baseline of `config` (same model, dtype, task, samples and stop rule)."""
+    return dataclasses.replace(config, method=BASELINE, draft=None, options={}, baseline=False, out=None)
+
+
+def run(config: RunConfig, progress: bool = True, baseline_dir: Path | None = None) -> RunResult:
+    """Run (or resume) one method on one task; returns the run directory and the summaries.
+
+    The AR baseline runs interleaved with the method, sample by sample. Its records go to this run's store
+    (role "baseline"), or, with `baseline_dir`, to that shared `ar` run (a sweep's one baseline per model,
+    dtype and task), where samples already measured are reused instead of decoded again.
+    """
     config.validate()
     task = build_task(config)
     method_cls = get_method(config.method)
@@ -138,16 +149,24 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     if config.baseline and config.method != BASELINE:
         baseline = get_method(BASELINE)(target, config.sampler())
     env = environment.describe(target.device)
-    manifest_config = config.identity() | {"model_artifact": target.artifact, "task_data": str(task.data_dir)}
-    store = RunStore.open(config.out_dir(), manifest_config, env)
+    extra = {"model_artifact": target.artifact, "task_data": str(task.data_dir)}
+    if baseline and baseline_dir is not None:
+        base_store = RunStore.open(baseline_dir, baseline_config(config).identity() | extra, env)
+        extra["baseline_run"] = str(Path(os.path.relpath(baseline_dir, config.out_dir())))
+    store = RunStore.open(config.out_dir(), config.identity() | extra, env)
+    if not baseline or baseline_dir is None:
+        base_store = store
+    base_role = "method" if base_store is not store else "baseline"
 
     tokenizer = target.tokenizer  # prompts are always in the target's tokenization
-    runners = [("baseline", baseline), ("method", method)] if baseline else [("method", method)]
+    lanes = [(store, "method", method)]
+    if baseline:
+        lanes.insert(0, (base_store, base_role, baseline))
     turns = {s.id: task.turns(s)[: config.turns] for s in samples}
     pending = [
         s
         for s in samples
-        if any(not store.has(role, turn_id(s.id, t)) for role, _ in runners for t in range(len(turns[s.id])))
+        if any(not st.has(role, turn_id(s.id, t)) for st, role, _ in lanes for t in range(len(turns[s.id])))
     ]
 
     def decode(m: Method, prompt_ids: list[int], max_new: int):
@@ -159,7 +178,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     if pending:
         first = task.prompt_ids(pending[0], tokenizer, [])
         for _ in range(config.warmup):
-            for _, m in runners:
+            for _, _, m in lanes:
                 decode(m, first, min(16, config.max_new_tokens))
     with Progress(
         TextColumn("{task.description}"),
@@ -171,11 +190,11 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         job = bar.add_task(f"{config.method} on {config.task}", total=len(samples))
         bar.update(job, completed=len(samples) - len(pending))
         for sample in pending:
-            for role, m in runners:
+            for st, role, m in lanes:
                 history: list[tuple[str, str]] = []
                 for t, user_text in enumerate(turns[sample.id]):
                     pid = turn_id(sample.id, t)
-                    record = store.get(role, pid)
+                    record = st.get(role, pid)
                     if record is None:
                         ids = task.prompt_ids(sample, tokenizer, history)
                         decoded = decode(m, ids, config.max_new_tokens)
@@ -183,32 +202,43 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
                         record = generation_record(role, m.name, pid, decoded, text)
                         record |= {"sample_id": sample.id, "turn": t + 1, "prompt_tokens": len(ids)}
                         record["category"] = sample.meta.get("category")
-                        reference = store.get("baseline", pid)
-                        if role == "method" and reference and m.sampler is None and method_cls.lossless:
+                        reference = base_store.get(base_role, pid) if baseline else None
+                        if st is store and reference and m.sampler is None and method_cls.lossless:
                             record.update(exactness(target.model, ids, reference["token_ids"], decoded.tokens))
-                        store.append(record)
+                        st.append(record)
                     history.append((user_text, record["text"]))
             bar.advance(job)
 
     ids = {turn_id(s.id, t) for s in samples for t in range(len(turns[s.id]))}
-    base_records = [r for r in store.records("baseline") if r["prompt_id"] in ids]
+    base_records = [r for r in base_store.records(base_role) if r["prompt_id"] in ids] if baseline else []
     method_records = [r for r in store.records("method") if r["prompt_id"] in ids]
     summaries = []
     if baseline:
         summaries.append(
-            summarize(base_records, base_records) | {"role": "baseline"} | quality(task, samples, "baseline", store)
+            summarize(base_records, base_records) | {"role": "baseline"} | quality(task, samples, base_records)
         )
     summaries.append(
-        summarize(method_records, base_records or None) | {"role": "method"} | quality(task, samples, "method", store)
+        summarize(method_records, base_records or None) | {"role": "method"} | quality(task, samples, method_records)
     )
     add_roofline(summaries, base_records or method_records, target)
+    write_summary(store.root, summaries)
+    if baseline and base_store is not store:  # the shared `ar` run gets its own summary, as if run alone
+        write_summary(base_store.root, [summaries[0] | {"role": "method", "speedup": None}])
     return RunResult(store.root, summaries)
 
 
-def quality(task: Task, samples: list, role: str, store: RunStore) -> dict[str, float]:
-    """The task's quality metrics over the finished first-turn records of one role (samples in task order)."""
-    done = [(s, store.get(role, s.id)) for s in samples if store.has(role, s.id)]
+def quality(task: Task, samples: list, records: list[dict[str, Any]]) -> dict[str, float]:
+    """The task's quality metrics over the finished first-turn records (samples in task order)."""
+    by_id = {r["prompt_id"]: r for r in records}
+    done = [(s, by_id[s.id]) for s in samples if s.id in by_id]
     return task.score([s for s, _ in done], [r["text"] for _, r in done]) if done else {}
+
+
+def write_summary(root: Path, summaries: list[dict[str, Any]]) -> None:
+    """`summary.json`: the run's summaries (quality and roofline included), rewritten after every (re)run."""
+    tmp = root / (SUMMARY + ".tmp")
+    tmp.write_text(json.dumps(summaries, indent=1))
+    os.replace(tmp, root / SUMMARY)
 
 
 def add_roofline(summaries: list[dict[str, Any]], records: list[dict[str, Any]], target: models.LoadedModel) -> None:

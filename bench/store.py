@@ -17,6 +17,7 @@ from bench.errors import BenchError
 
 MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
+SUMMARY = "summary.json"  # the summaries of the last (re)run, written by the runner
 
 
 def record_key(record: dict[str, Any]) -> tuple[str, str]:

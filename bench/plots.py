@@ -1,0 +1,159 @@
+"""The report's figures (matplotlib, PNG): speedup by task and method, speed against quality, tokens per step,
+per-token latency, and speedup across a sweep's settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.report import QUALITY, Run, settings_label  # noqa: E402
+
+
+def _label(row: pd.Series) -> str:
+    return f"{row['method']} {row['settings']}".strip()
+
+
+def _where(row: pd.Series) -> str:
+    return row["task"] if row["category"] == "all" else f"{row['task']}/{row['category']}"
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def speedup_by_task(df: pd.DataFrame, path: Path) -> Path | None:
+    """Grouped bars: speedup over AR per task (and Spec-Bench category), one bar per method setting, with the
+    bootstrap 95% interval of the per-sample mean; one panel per model (the Lookahead Fig. 5 / Spec-Bench view)."""
+    rows = df[(df["method"] != "ar") & df["speedup"].notna()]
+    if rows.empty:
+        return None
+    models = list(dict.fromkeys(rows["model"]))
+    fig, axes = plt.subplots(len(models), 1, figsize=(11, 4.2 * len(models)), squeeze=False)
+    for ax, model in zip(axes[:, 0], models, strict=True):
+        sub = rows[rows["model"] == model]
+        wheres = list(dict.fromkeys(sub.apply(_where, axis=1)))
+        labels = list(dict.fromkeys(sub.apply(_label, axis=1)))
+        width = 0.8 / len(labels)
+        for i, label in enumerate(labels):
+            mine = sub[sub.apply(_label, axis=1) == label]
+            x = np.array([wheres.index(w) for w in mine.apply(_where, axis=1)]) + (i - (len(labels) - 1) / 2) * width
+            err = None
+            if "speedup_ci_low" in mine:
+                err = np.abs(np.vstack([mine["speedup_ci_low"], mine["speedup_ci_high"]]) - mine["speedup_mean"].values)
+            ax.bar(x, mine["speedup"], width, label=label)
+            if err is not None:
+                ax.errorbar(x, mine["speedup_mean"], yerr=err, fmt="none", ecolor="black", capsize=2, lw=0.8)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(len(wheres)), wheres, rotation=20, ha="right")
+        ax.set_ylabel("speedup over AR (ratio of tok/s)")
+        ax.set_title(f"{model}: speedup by task (bars: ratio of totals; whiskers: 95% CI of per-sample mean)")
+        ax.legend(fontsize=8, ncols=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def speed_vs_quality(df: pd.DataFrame, path: Path) -> Path | None:
+    """Speedup against the quality change vs. the target's own AR output (lossy methods move down)."""
+    deltas = [f"{q}_delta" for q in QUALITY if f"{q}_delta" in df]
+    rows = df[(df["method"] != "ar") & df["speedup"].notna()]
+    rows = rows[rows[deltas].notna().any(axis=1)] if deltas else rows.iloc[0:0]
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for _, row in rows.iterrows():
+        metric = next(d for d in deltas if pd.notna(row[d]))
+        ax.scatter(row["speedup"], row[metric], s=30)
+        ax.annotate(f"{_label(row)} ({_where(row)}, {metric.removesuffix('_delta')})", (row["speedup"], row[metric]),
+                    fontsize=7, xytext=(4, 3), textcoords="offset points")  # fmt: skip
+    ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("speedup over AR")
+    ax.set_ylabel("quality delta vs. AR (points)")
+    ax.set_title("speed against quality")
+    return _save(fig, path)
+
+
+def tokens_per_step(runs: list[Run], path: Path) -> Path | None:
+    """Share of target forwards that committed 1, 2, 3, ... tokens, per method run (prefill excluded)."""
+    lanes = [(r, [a for rec in r.method for a in rec["accepted"][1:]]) for r in runs if r.config["method"] != "ar"]
+    lanes = [(r, steps) for r, steps in lanes if steps]
+    if not lanes:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5))
+    top = max(max(steps) for _, steps in lanes)
+    for run, steps in lanes:
+        counts = np.bincount(steps, minlength=top + 1)[1:]
+        ax.plot(range(1, top + 1), counts / counts.sum(), marker="o", ms=3, label=_run_label(run))
+    ax.set_xlabel("tokens committed by one target forward")
+    ax.set_ylabel("share of forwards")
+    ax.set_xticks(range(1, top + 1))
+    ax.set_title("tokens per step")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def token_latency(runs: list[Run], path: Path) -> Path | None:
+    """Per-token latency after the first token (each step's time over the tokens it committed), per run."""
+    data, labels = [], []
+    for run in runs:
+        for role, records in (("method", run.method), ("baseline", run.baseline)):
+            if role == "baseline" and (run.config.get("baseline_run") or not records):
+                continue
+            values = [
+                1e3 * s / a for rec in records for s, a in zip(rec["step_s"], rec["accepted"][1:], strict=False) if a
+            ]
+            if values:
+                data.append(values)
+                labels.append(_run_label(run) if role == "method" else f"ar ({run.config['task']})")
+    if not data:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(data) + 1.5))
+    ax.boxplot(data, orientation="horizontal", showfliers=False)
+    ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=7)
+    ax.set_xlabel("ms per generated token (after the first)")
+    ax.set_title("per-token latency (boxes: quartiles; whiskers: 1.5 IQR)")
+    return _save(fig, path)
+
+
+def sweep(df: pd.DataFrame, path: Path) -> Path | None:
+    """Speedup and tau across the settings of each (model, task, method) that was run with several settings."""
+    rows = df[(df["method"] != "ar") & (df["category"] == "all") & df["speedup"].notna()]
+    groups = [(k, g) for k, g in rows.groupby(["model", "task", "method"]) if g["settings"].nunique() > 1]
+    if not groups:
+        return None
+    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 3.6 * len(groups)), squeeze=False)
+    for ax, ((model, task, method), g) in zip(axes[:, 0], groups, strict=True):
+        g = g.sort_values("tau")
+        x = range(len(g))
+        ax.plot(x, g["speedup"], marker="o", label="speedup")
+        ax.plot(x, g["tau"], marker="s", ls=":", label="tau (tokens / forward)")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(list(x), g["settings"], rotation=15, ha="right", fontsize=8)
+        ax.set_title(f"{method} on {task} ({model})")
+        ax.set_ylabel("ratio")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _run_label(run: Run) -> str:
+    return f"{run.config['method']} {settings_label(run.config)} ({run.config['task']})".replace("  ", " ")
+
+
+def all_plots(df: pd.DataFrame, runs: list[Run], out: Path) -> list[Path]:
+    """Write every figure that has data; returns the files written."""
+    made = [
+        speedup_by_task(df, out / "speedup_by_task.png"),
+        speed_vs_quality(df, out / "speed_vs_quality.png"),
+        tokens_per_step(runs, out / "tokens_per_step.png"),
+        token_latency(runs, out / "token_latency.png"),
+        sweep(df, out / "sweep.png"),
+    ]
+    return [p for p in made if p is not None]

@@ -1,0 +1,185 @@
+"""`bench sweep CONFIG.yaml`: a grid of runs (models x dtypes x tasks x methods x settings) in one results tree.
+
+Each cell is a `bench run` into OUT/TASK/MODEL-DTYPE/METHOD[-SETTINGS]. The AR baseline is one `ar` run per
+(model, dtype, task) in OUT/TASK/MODEL-DTYPE/ar, shared by every cell: the first cell measures it interleaved
+with its own samples, later cells reuse it (same process, same machine). A finished cell is skipped; an
+unfinished one resumes. A failing cell is recorded with its reason in OUT/sweep.json and the sweep goes on.
+
+Config (YAML):
+    name: cpu                      # the results tree defaults to runs/sweeps/NAME
+    out: results/cpu/runs          # optional
+    models: [smollm2-135m]
+    dtypes: [float32]
+    device: cpu
+    tasks: [mtbench, {name: specbench, subset: translation}, {name: wmt, split: newstest2014}]
+    limit: 8                       # any `bench run` setting: max_new_tokens, turns, warmup, seed, temperature ...
+    methods:
+      - pld
+      - {method: lookahead, grid: {window: [2, 5], ngram: [3], guess: [2, 5]}}
+      - {method: lookahead, settings: [{window: 15, ngram: 5, guess: 15}]}
+      - {method: speculative, draft: qwen2.5-coder-0.5b, models: [qwen2.5-coder-1.5b], settings: [{num_draft: 4}]}
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import traceback
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import BenchError
+from bench.report import settings_label
+from bench.runner import BASELINE, RunConfig
+from bench.store import MANIFEST, SUMMARY
+
+RUN_SETTINGS = {f.name for f in fields(RunConfig)} - {"method", "task", "model", "dtype", "options", "draft", "out"}
+TOP_KEYS = {"name", "out", "models", "dtypes", "tasks", "methods", "device"} | RUN_SETTINGS
+METHOD_KEYS = {"method", "settings", "grid", "draft", "models", "tasks"}
+TASK_KEYS = {"name", "split", "subset", "limit", "max_new_tokens", "turns"}
+
+
+@dataclass
+class Cell:
+    config: RunConfig
+    baseline_dir: Path | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.task} {self.config.model} {self.config.dtype} {self.config.method} " + settings_label(
+            {"options": self.config.options, "draft": self.config.draft}
+        )
+
+
+def _check_keys(where: str, given: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise BenchError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def _list(value: Any, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BenchError(f"{where} must be a list")
+    return value
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read and check a sweep file: one clear error for a missing file, bad YAML or an unknown key."""
+    if not path.exists():
+        raise BenchError(f"no such sweep config: {path}")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise BenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise BenchError(f"{path}: a sweep config is a mapping (name, models, tasks, methods, ...)")
+    _check_keys(str(path), config, TOP_KEYS)
+    for key in ("models", "tasks", "methods"):
+        if not _list(config.get(key), f"{path}: {key}"):
+            raise BenchError(f"{path}: `{key}` must list at least one entry")
+    return config
+
+
+def _option_sets(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    settings = [dict(s) for s in _list(entry.get("settings"), f"{where}: settings")]
+    grid = entry.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise BenchError(f"{where}: grid must map option names to lists of values")
+    if grid:
+        names = list(grid)
+        settings += [dict(zip(names, values, strict=True)) for values in itertools.product(*grid.values())]
+    return settings or [{}]
+
+
+def cells(config: dict[str, Any], root: Path) -> list[Cell]:
+    """Every (model, dtype, task, method, settings) cell, baselines shared per (model, dtype, task)."""
+    common = {k: config[k] for k in RUN_SETTINGS & set(config)}
+    if "device" in config:
+        common["device"] = config["device"]
+    out = []
+    for model, dtype, task in itertools.product(config["models"], config.get("dtypes", ["float32"]), config["tasks"]):
+        task = {"name": task} if isinstance(task, str) else dict(task)
+        _check_keys(f"task {task}", task, TASK_KEYS)
+        task_settings = {k: v for k, v in task.items() if k != "name"}
+        label = task["name"] + "".join(f"-{task[k]}" for k in ("split", "subset") if task.get(k))
+        folder = root / label / f"{Path(model).name}-{dtype}"
+        for entry in config["methods"]:
+            entry = {"method": entry} if isinstance(entry, str) else dict(entry)
+            _check_keys(f"method {entry.get('method')}", entry, METHOD_KEYS)
+            if model not in entry.get("models", [model]) or task["name"] not in entry.get("tasks", [task["name"]]):
+                continue
+            for options in _option_sets(entry, f"method {entry['method']}"):
+                run = RunConfig(
+                    method=entry["method"], task=task["name"], model=model, dtype=dtype, draft=entry.get("draft"),
+                    options=options, **(common | task_settings),
+                )  # fmt: skip
+                suffix = settings_label({"options": options, "draft": run.draft})
+                suffix = suffix.replace("=", "").replace(" ", "_").replace("/", "_")
+                run.out = str(folder / (run.method + (f"-{suffix}" if suffix else "")))
+                if run.method == BASELINE:
+                    continue  # the shared baseline
+                base = folder / BASELINE if run.baseline else None
+                out.append(Cell(run, base))
+    return out
+
+
+def finished(cell: Cell) -> bool:
+    """A cell whose run directory holds the same config and a summary of as many samples as asked for."""
+    root = Path(cell.config.out)
+    if not (root / SUMMARY).exists() or not (root / MANIFEST).exists():
+        return False
+    manifest = json.loads((root / MANIFEST).read_text())
+    stored = {k: v for k, v in manifest.get("config", {}).items() if k in cell.config.identity()}
+    if stored != json.loads(json.dumps(cell.config.identity())):
+        return False
+    summary = {s["role"]: s for s in json.loads((root / SUMMARY).read_text())}
+    samples = summary.get("method", {}).get("samples", 0)
+    return cell.config.limit is not None and samples >= cell.config.limit
+
+
+def run_sweep(path: Path, out: Path | None = None, progress: bool = False, echo=print) -> dict[str, Any]:
+    """Run every unfinished cell; returns the sweep record written to OUT/sweep.json."""
+    from bench.runner import run
+
+    config = load_config(path)
+    root = Path(out or config.get("out") or Path("runs") / "sweeps" / config.get("name", path.stem))
+    todo = cells(config, root)
+    for cell in todo:
+        cell.config.validate()
+    root.mkdir(parents=True, exist_ok=True)
+    status: dict[str, Any] = {"config": str(path), "cells": {}}
+    for i, cell in enumerate(todo, 1):
+        key = str(Path(cell.config.out).relative_to(root))
+        if finished(cell):
+            echo(f"[{i}/{len(todo)}] {key}: finished earlier, skipped")
+            status["cells"][key] = {"status": "done"}
+            continue
+        echo(f"[{i}/{len(todo)}] {key}: running")
+        try:
+            result = run(replace(cell.config), progress=progress, baseline_dir=cell.baseline_dir)
+            method = next(s for s in result.summaries if s["role"] == "method")
+            echo(
+                f"[{i}/{len(todo)}] {key}: tau {method['tau']:.3f}, speedup "
+                + ("-" if method.get("speedup") is None else f"{method['speedup']:.3f}")
+            )
+            status["cells"][key] = {"status": "done"}
+        except (BenchError, RuntimeError, ValueError, OSError) as exc:  # one cell's failure does not stop the sweep
+            reason = f"{type(exc).__name__}: {exc}"
+            echo(f"[{i}/{len(todo)}] {key}: FAILED ({reason})")
+            status["cells"][key] = {"status": "failed", "reason": reason, "trace": traceback.format_exc(limit=3)}
+        _write(root / "sweep.json", status)
+    _write(root / "sweep.json", status)
+    status["root"] = str(root)
+    return status
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
