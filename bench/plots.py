@@ -3,6 +3,7 @@ per-token latency, and speedup across a sweep's settings."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +25,8 @@ def _where(row: pd.Series) -> str:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -36,27 +38,28 @@ def speedup_by_task(df: pd.DataFrame, path: Path) -> Path | None:
     rows = df[(df["method"] != "ar") & df["speedup"].notna()]
     if rows.empty:
         return None
+    rows = rows.assign(where=rows.apply(_where, axis=1), label=rows.apply(_label, axis=1))
+    rows = rows.drop_duplicates(["model", "where", "label"], keep="last")  # a repeated run: its latest row
     models = list(dict.fromkeys(rows["model"]))
-    fig, axes = plt.subplots(len(models), 1, figsize=(11, 4.2 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(len(models), 1, figsize=(11, 5.2 * len(models)), squeeze=False, layout="constrained")
     for ax, model in zip(axes[:, 0], models, strict=True):
         sub = rows[rows["model"] == model]
-        wheres = list(dict.fromkeys(sub.apply(_where, axis=1)))
-        labels = list(dict.fromkeys(sub.apply(_label, axis=1)))
+        wheres = list(dict.fromkeys(sub["where"]))
+        labels = list(dict.fromkeys(sub["label"]))
         width = 0.8 / len(labels)
         for i, label in enumerate(labels):
-            mine = sub[sub.apply(_label, axis=1) == label]
-            x = np.array([wheres.index(w) for w in mine.apply(_where, axis=1)]) + (i - (len(labels) - 1) / 2) * width
-            err = None
-            if "speedup_ci_low" in mine:
-                err = np.abs(np.vstack([mine["speedup_ci_low"], mine["speedup_ci_high"]]) - mine["speedup_mean"].values)
+            mine = sub[sub["label"] == label]
+            x = np.array([wheres.index(w) for w in mine["where"]]) + (i - (len(labels) - 1) / 2) * width
             ax.bar(x, mine["speedup"], width, label=label)
-            if err is not None:
+            if "speedup_ci_low" in mine:
+                bounds = np.vstack([mine["speedup_ci_low"], mine["speedup_ci_high"]])
+                err = np.abs(bounds - mine["speedup_mean"].to_numpy())
                 ax.errorbar(x, mine["speedup_mean"], yerr=err, fmt="none", ecolor="black", capsize=2, lw=0.8)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(range(len(wheres)), wheres, rotation=20, ha="right")
-        ax.set_ylabel("speedup over AR (ratio of tok/s)")
-        ax.set_title(f"{model}: speedup by task (bars: ratio of totals; whiskers: 95% CI of per-sample mean)")
-        ax.legend(fontsize=8, ncols=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.set_xticks(range(len(wheres)), wheres)
+        ax.set_ylabel("speedup over AR")
+        ax.set_title(f"{model}: speedup by task (bars: ratio of totals; whiskers: 95% CI of the per-sample mean)")
+        ax.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     return _save(fig, path)
 
 
@@ -81,22 +84,30 @@ def speed_vs_quality(df: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def tokens_per_step(runs: list[Run], path: Path) -> Path | None:
-    """Share of target forwards that committed 1, 2, 3, ... tokens, per method run (prefill excluded)."""
+def tokens_per_step(runs: list[Run], path: Path, cap: int = 10) -> Path | None:
+    """Share of target forwards that committed 1, 2, ... (cap or more) tokens: one small panel per method run
+    (prefill excluded)."""
     lanes = [(r, [a for rec in r.method for a in rec["accepted"][1:]]) for r in runs if r.config["method"] != "ar"]
     lanes = [(r, steps) for r, steps in lanes if steps]
     if not lanes:
         return None
-    fig, ax = plt.subplots(figsize=(9, 5))
-    top = max(max(steps) for _, steps in lanes)
-    for run, steps in lanes:
-        counts = np.bincount(steps, minlength=top + 1)[1:]
-        ax.plot(range(1, top + 1), counts / counts.sum(), marker="o", ms=3, label=_run_label(run))
-    ax.set_xlabel("tokens committed by one target forward")
-    ax.set_ylabel("share of forwards")
-    ax.set_xticks(range(1, top + 1))
-    ax.set_title("tokens per step")
-    ax.legend(fontsize=7)
+    cols = min(4, len(lanes))
+    rows = -(-len(lanes) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False, sharey=True, layout="constrained"
+    )
+    for ax, (run, steps) in zip(axes.flat, lanes, strict=False):
+        counts = np.bincount(np.minimum(steps, cap), minlength=cap + 1)[1:]
+        ax.bar(range(1, cap + 1), counts / counts.sum(), color="tab:blue")
+        ax.set_title("\n".join(textwrap.wrap(_run_label(run), 40)), fontsize=7)
+        ax.set_xticks(range(1, cap + 1), [*map(str, range(1, cap)), f"{cap}+"], fontsize=7)
+    for ax in axes.flat[len(lanes) :]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("tokens per forward", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("share of forwards", fontsize=8)
+    fig.suptitle("tokens committed per target forward")
     return _save(fig, path)
 
 
@@ -110,9 +121,10 @@ def token_latency(runs: list[Run], path: Path) -> Path | None:
             values = [
                 1e3 * s / a for rec in records for s, a in zip(rec["step_s"], rec["accepted"][1:], strict=False) if a
             ]
-            if values:
+            label = _run_label(run) if role == "method" else f"ar ({run.config['task']}, {run.config['model']})"
+            if values and label not in labels:  # one box per label: repeated runs show their first
                 data.append(values)
-                labels.append(_run_label(run) if role == "method" else f"ar ({run.config['task']})")
+                labels.append(label)
     if not data:
         return None
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(data) + 1.5))
@@ -131,7 +143,7 @@ def sweep(df: pd.DataFrame, path: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(len(groups), 1, figsize=(9, 3.6 * len(groups)), squeeze=False)
     for ax, ((model, task, method), g) in zip(axes[:, 0], groups, strict=True):
-        g = g.sort_values("tau")
+        g = g.drop_duplicates("settings", keep="last").sort_values("tau")
         x = range(len(g))
         ax.plot(x, g["speedup"], marker="o", label="speedup")
         ax.plot(x, g["tau"], marker="s", ls=":", label="tau (tokens / forward)")
