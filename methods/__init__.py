@@ -1,3 +1,3 @@
 """Decoding methods. Importing this package registers every method in `methods.base.METHODS`."""
 
-from methods import ar, hf, lookahead, pld, speculative  # noqa: F401
+from methods import ar, hf, llm2slm, lookahead, pld, speculative  # noqa: F401

@@ -1,0 +1,306 @@
+"""`llm2slm`: LLM-to-SLM (Bergner et al. 2024, "Think Big, Generate Quick: LLM-to-SLM for Fast Autoregressive
+Decoding").
+
+A frozen large model encodes the prompt once, in parallel: an encoder-decoder LLM (T5) through its encoder, a
+decoder-only LLM through one prefill of its base model (last hidden states, after the final norm, no LM head). A
+small MLP projector maps those features to the small model's embedding width; they are added to (`add`) or replace
+(`replace`) the SLM's embeddings of the prompt tokens, and the decoder-only SLM then generates the whole answer
+autoregressively with its own KV cache. The LLM never runs again for that prompt.
+
+Prompts are in the LLM's tokenization. When the SLM has the same vocabulary it embeds the prompt ids itself;
+otherwise it reads them through the LLM's frozen input embeddings and a trained linear adapter (`add` mode only:
+`replace` discards the token embeddings). Answers are always in the SLM's tokenization. Checkpoints come from
+`bench train llm2slm` (bench/train.py); they hold the trainable weights only, the models are reloaded by spec.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench import models
+from bench.errors import BenchError
+from bench.models import LoadedModel
+from bench.timing import Timer, Timing
+from methods.base import Decoded, Method, register
+from methods.decode import Sampler, StopRule
+from methods.kvcache import new_cache
+
+MODES = ("add", "replace")
+TUNINGS = ("full", "lora", "frozen")
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+STATE_FILE = "checkpoint.json"
+WEIGHTS_FILE = "trainable.safetensors"
+
+
+def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise BenchError(f"unknown {flag} {value!r}; choose one of {', '.join(choices)}")
+
+
+def tune(model: nn.Module, tuning: str) -> nn.Module:
+    """Make the SLM trainable as asked: every weight (`full`), LoRA adapters only (`lora`, via peft) or none."""
+    check_choice("--slm-tuning", tuning, TUNINGS)
+    model.requires_grad_(tuning == "full")
+    if tuning != "lora":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # peft calls a transformers API deprecated for v6
+        return get_peft_model(model, LoraConfig(**LORA))
+
+
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def load_trainable(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load saved trainable weights, refusing a set of names that does not fit the module's configuration."""
+    expected = {n for n, p in module.named_parameters() if p.requires_grad}
+    if set(state) != expected:
+        odd = sorted(set(state) ^ expected)
+        raise BenchError(f"checkpoint weights do not fit its recorded configuration ({len(odd)} names differ)")
+    module.load_state_dict(state, strict=False)
+
+
+def same_vocab(a: Any, b: Any) -> bool:
+    return a.get_vocab() == b.get_vocab()
+
+
+@torch.no_grad()
+def llm_features(model: Any, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The LLM's representation of prompt ids (batch, length, hidden): the encoder's last hidden state for an
+    encoder-decoder model, the base model's last hidden state (after the final norm) for a decoder-only one."""
+    if model.config.is_encoder_decoder:
+        return model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    return model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+
+def answer_loss(model: Any, prompts: list[torch.Tensor], answers: list[list[int]]) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of each answer's tokens after its prompt embeddings (a right-padded batch, padding
+    masked), and the number of answer tokens. Logits are computed at answer positions only."""
+    embed = model.get_input_embeddings()
+    device = prompts[0].device
+    inputs, labels = [], []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        ids = torch.tensor(answer, device=device)
+        inputs.append(torch.cat([prompt, embed(ids[:-1])]))
+        labels.append(torch.cat([torch.full((len(prompt) - 1,), -100, device=device), ids]))
+    length = max(len(x) for x in inputs)
+    batch = torch.stack([F.pad(x, (0, 0, 0, length - len(x))) for x in inputs])
+    mask = torch.stack([torch.arange(length, device=device) < len(x) for x in inputs]).long()
+    target = torch.stack([F.pad(y, (0, length - len(y)), value=-100) for y in labels])
+    keep = target != -100
+    logits = model(inputs_embeds=batch, attention_mask=mask, logits_to_keep=keep).logits  # (answer tokens, vocab)
+    return F.cross_entropy(logits.float(), target[keep], reduction="sum"), int(keep.sum())
+
+
+class Bridge(nn.Module):
+    """The trained link from the LLM to the SLM: the projector (Linear, GELU, Linear) of the LLM's features and,
+    when the vocabularies differ, the adapter (Linear) of the LLM's input token embeddings.
+
+    In `add` mode the projector's last layer starts at zero, so training starts from the SLM's own behaviour
+    instead of adding features of an unrelated scale to its embeddings."""
+
+    def __init__(self, d_llm: int, d_slm: int, mode: str, d_adapter: int | None) -> None:
+        super().__init__()
+        self.projector = nn.Sequential(nn.Linear(d_llm, d_slm), nn.GELU(), nn.Linear(d_slm, d_slm))
+        if mode == "add":
+            nn.init.zeros_(self.projector[2].weight)
+            nn.init.zeros_(self.projector[2].bias)
+        self.adapter = nn.Linear(d_adapter, d_slm) if d_adapter else None
+
+
+@torch.no_grad()
+def fit_adapter(adapter: nn.Linear, llm: LoadedModel, slm: LoadedModel) -> None:
+    """Start the adapter as the least-squares map from the LLM's to the SLM's input embeddings of the tokens both
+    vocabularies share, so the SLM reads the prompt from the first step (a random adapter feeds it noise). With
+    fewer shared tokens than embedding dimensions the random initialisation stays."""
+    a, b = llm.tokenizer.get_vocab(), slm.tokenizer.get_vocab()
+    x_table, y_table = llm.model.get_input_embeddings().weight, slm.model.get_input_embeddings().weight
+    shared = sorted(t for t in a.keys() & b.keys() if a[t] < len(x_table) and b[t] < len(y_table))
+    if len(shared) <= adapter.in_features:
+        return
+    x = x_table[[a[t] for t in shared]].float()
+    y = y_table[[b[t] for t in shared]].float()
+    solution = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1, device=x.device)], 1), y).solution
+    adapter.weight.copy_(solution[:-1].T)
+    adapter.bias.copy_(solution[-1])
+
+
+class LLM2SLM(nn.Module):
+    """The SLM and its bridge from the LLM. The LLM is held outside the module's parameters (a LoadedModel is no
+    Module): frozen, in eval mode, run under no_grad, never saved."""
+
+    def __init__(self, llm: LoadedModel, slm: LoadedModel, mode: str = "add", tuning: str = "full") -> None:
+        super().__init__()
+        check_choice("--mode", mode, MODES)
+        if slm.model.config.is_encoder_decoder:
+            raise BenchError(f"llm2slm needs a decoder-only SLM; {slm.artifact.get('spec')} is an encoder-decoder")
+        self.llm, self.mode = llm, mode
+        self.slm_tokenizer, self.slm_eos = slm.tokenizer, frozenset(slm.eos_ids())
+        llm.model.requires_grad_(False).eval()
+        self.same_vocab = same_vocab(llm.tokenizer, slm.tokenizer)
+        d_slm = slm.model.get_input_embeddings().embedding_dim
+        d_adapter = None if self.same_vocab or mode == "replace" else llm.model.get_input_embeddings().embedding_dim
+        self.bridge = Bridge(llm.model.config.hidden_size, d_slm, mode, d_adapter)
+        if self.bridge.adapter is not None:
+            fit_adapter(self.bridge.adapter, llm, slm)
+        self.bridge.to(slm.device, next(slm.model.parameters()).dtype)
+        self.slm = tune(slm.model, tuning)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.bridge.projector[0].weight.dtype
+
+    def encode(self, prompts: list[list[int]]) -> list[torch.Tensor]:
+        """The LLM's features of each prompt (one right-padded batch), cast to the SLM's dtype."""
+        device = self.llm.device
+        length = max(len(p) for p in prompts)
+        ids = torch.tensor([p + [0] * (length - len(p)) for p in prompts], device=device)
+        mask = torch.tensor([[1] * len(p) + [0] * (length - len(p)) for p in prompts], device=device)
+        features = llm_features(self.llm.model, ids, mask)
+        return [features[i, : len(p)].to(self.dtype) for i, p in enumerate(prompts)]
+
+    def prompt_embeds(self, prompt_ids: list[int], features: torch.Tensor) -> torch.Tensor:
+        """The SLM's input for a prompt (length, d_slm): projected LLM features, added to the prompt's token
+        embeddings (the SLM's own, or the LLM's through the adapter) or replacing them."""
+        projected = self.bridge.projector(features)
+        if self.mode == "replace":
+            return projected
+        ids = torch.tensor(prompt_ids, device=features.device)
+        if self.bridge.adapter is None:
+            return self.slm.get_input_embeddings()(ids) + projected
+        return self.bridge.adapter(self.llm.model.get_input_embeddings()(ids).to(self.dtype)) + projected
+
+    def loss(
+        self, prompts: list[list[int]], features: list[torch.Tensor], answers: list[list[int]]
+    ) -> tuple[torch.Tensor, int]:
+        embeds = [self.prompt_embeds(p, f) for p, f in zip(prompts, features, strict=True)]
+        return answer_loss(self.slm, embeds, answers)
+
+    def for_inference(self) -> LLM2SLM:
+        """Merge LoRA adapters into the SLM's weights (no adapter cost per token), eval mode, no gradients."""
+        if hasattr(self.slm, "merge_and_unload"):
+            self.slm = self.slm.merge_and_unload()
+        self.requires_grad_(False)
+        return self.eval()
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer, sampler: Sampler | None) -> Decoded:
+        """Encode the prompt with the LLM (marked), prefill the SLM with the bridged embeddings, then decode with
+        the SLM alone. `encode_s` is the encode mark; the timing's first token is the SLM's prefill."""
+        timer.start()
+        features = self.encode([prompt_ids])[0]
+        timer.mark()
+        cache = new_cache(self.slm)
+        embeds = self.prompt_embeds(prompt_ids, features)[None]
+        logits = self.slm(inputs_embeds=embeds, past_key_values=cache, logits_to_keep=1).logits[0, -1]
+        tokens: list[int] = []
+        while True:
+            tokens.append(int(logits.argmax()) if sampler is None else sampler.sample(sampler.probs(logits)))
+            timer.mark()
+            if stop.end(tokens, len(tokens) - 1) is not None:
+                break
+            step = torch.tensor([tokens[-1:]], device=features.device)
+            logits = self.slm(step, past_key_values=cache).logits[0, -1]
+        marks = timer.read()
+        timing = Timing(first=marks.steps[0], steps=marks.steps[1:], total=marks.total)
+        return Decoded(tokens, [1] * len(tokens), timing, encode_s=marks.first)
+
+
+def read_record(path: str | Path, kind: str | None = "llm2slm") -> dict[str, Any]:
+    """The checkpoint record of a `bench train` output folder, checked for the fields its users read."""
+    file = Path(path) / STATE_FILE
+    if not file.is_file():
+        raise BenchError(f"{path} is not a bench train checkpoint (no {STATE_FILE})")
+    try:
+        record = json.loads(file.read_text())
+    except ValueError:
+        raise BenchError(f"{file} is not valid JSON") from None
+    fields = ("kind", "config", "step", "wall_s", "slm_artifact", "llm_artifact")
+    missing = [k for k in fields if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise BenchError(f"{file} is malformed: it lacks {', '.join(missing)}")
+    if kind is not None and record["kind"] != kind:
+        raise BenchError(f"{path} is a `bench train {record['kind']}` checkpoint, not {kind}")
+    config = record["config"] if isinstance(record["config"], dict) else {}
+    if config.get("mode") not in MODES or config.get("slm_tuning") not in TUNINGS:
+        raise BenchError(f"{file} is malformed: its config lacks a valid mode and slm_tuning")
+    return record
+
+
+def artifact_spec(artifact: dict[str, Any]) -> str:
+    """What to pass to `models.load` to get a recorded artifact again (local folders by absolute path)."""
+    return artifact["path"] if artifact.get("source") == "local" else artifact["spec"]
+
+
+def checkpoint_llm(path: str | Path) -> str:
+    """The LLM an llm2slm checkpoint was trained for (what `bench run --checkpoint` uses without --model)."""
+    return artifact_spec(read_record(path)["llm_artifact"])
+
+
+def check_artifact(recorded: dict[str, Any], loaded: dict[str, Any], role: str) -> None:
+    """Refuse a model that is not the one the checkpoint was trained for (any dtype is fine)."""
+    differ = sorted(k for k in (recorded.keys() | loaded.keys()) - {"dtype"} if recorded.get(k) != loaded.get(k))
+    if differ:
+        raise BenchError(
+            f"checkpoint was trained for the {role} {recorded.get('spec')!r}, not {loaded.get('spec')!r} "
+            f"(artifacts differ in {', '.join(differ)})"
+        )
+
+
+def load_checkpoint(path: str | Path, llm: LoadedModel) -> LLM2SLM:
+    """An llm2slm checkpoint for the loaded LLM, its SLM loaded in the LLM's dtype and device, ready to decode."""
+    from safetensors.torch import load_file
+
+    record = read_record(path)
+    check_artifact(record["llm_artifact"], llm.artifact, "LLM")
+    weights = Path(path) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise BenchError(f"{path} is malformed: no {WEIGHTS_FILE}")
+    slm = models.load(artifact_spec(record["slm_artifact"]), llm.artifact.get("dtype", "float32"), str(llm.device))
+    check_artifact(record["slm_artifact"], slm.artifact, "SLM")
+    model = LLM2SLM(llm, slm, record["config"]["mode"], record["config"]["slm_tuning"])
+    try:
+        state = load_file(weights, device=str(llm.device))
+    except Exception as exc:  # safetensors raises its own error types for torn or foreign files
+        raise BenchError(f"could not read {weights}: {exc}") from exc
+    load_trainable(model, state)
+    return model.for_inference()
+
+
+@register
+class LLMToSLM(Method):
+    """LLM-to-SLM decoding with a `bench train llm2slm` checkpoint; the target (`--model`) is the LLM.
+
+    target_forwards counts SLM forwards (one per generated token, so tau = 1); the LLM's single prompt encoding is
+    reported as `encode_s` (inside ttft). Outputs are the SLM's tokens, so the method is not lossless.
+    """
+
+    name = "llm2slm"
+    description = "LLM-to-SLM: the LLM encodes the prompt once, a fine-tuned small model generates (--checkpoint)"
+    lossless = False
+
+    def __init__(self, target: LoadedModel, sampler: Sampler | None, checkpoint: str | None = None) -> None:
+        super().__init__(target, sampler)
+        if checkpoint is None:
+            raise BenchError("method llm2slm needs --checkpoint (a folder written by `bench train llm2slm`)")
+        self.model = load_checkpoint(checkpoint, target)
+
+    @property
+    def output_tokenizer(self) -> Any:
+        return self.model.slm_tokenizer
+
+    def output_eos_ids(self) -> frozenset[int]:
+        return self.model.slm_eos
+
+    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
+        return self.model.generate(prompt_ids, stop, timer, self.sampler)
