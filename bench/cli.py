@@ -419,6 +419,21 @@ def _train(kind: str, **options: object) -> None:
     console.print(f"checkpoint: {result.out} (loss history: {result.out / HISTORY_FILE})")
 
 
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Usage-error and abort exception classes of click and of typer's vendored click, where present."""
+    import importlib
+
+    usage, abort = [], []
+    for name in ("click", "typer._click"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(module.ClickException)
+        abort.extend(m.Abort for m in (module, module.exceptions) if hasattr(m, "Abort"))
+    return tuple(usage), tuple(abort)
+
+
 def main() -> None:
     """Entry point: user-facing errors become one line on stderr and exit code 2."""
     try:
@@ -431,13 +446,12 @@ def main() -> None:
         raise SystemExit(130) from None
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # click usage errors (typer >= 0.29 vendors its own click as typer._click)
+        usage, abort = _click_errors()
+        if isinstance(exc, usage):
             exc.show()
             raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, abort):
             raise SystemExit(130) from None
         raise
     if isinstance(code, int) and code:

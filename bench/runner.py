@@ -252,4 +252,5 @@ def add_roofline(summaries: list[dict[str, Any]], records: list[dict[str, Any]],
     for s in summaries:
         if s.get("samples"):
             s["roofline_tokens_per_s"] = roofline
-            s["roofline_fraction"] = s["tokens_per_s"] / roofline if s["tau"] == 1.0 else None
+            one_per_forward = s["tau"] == 1.0 and get_method(s["method"]).lossless  # llm2slm: the SLM generates
+            s["roofline_fraction"] = s["tokens_per_s"] / roofline if one_per_forward else None

@@ -107,3 +107,8 @@ def test_run_end_to_end_as_a_process(tmp_path, tiny_dir, data_dir):
     bad = subprocess.run(cmd[:3] + ["run", "-m", "zzz", "-t", "mtbench"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown method 'zzz'")
     assert bad.stderr.count("\n") == 1
+
+
+def test_missing_required_option_is_a_usage_error(monkeypatch, capsys):
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "ar")
+    assert code == 2 and "Missing option '--task'" in err and "Traceback" not in err
