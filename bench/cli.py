@@ -39,6 +39,7 @@ def run(
     draft: str | None = typer.Option(None, help="Draft model (preset, hub id or folder) for speculative methods."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
+    device_map: str | None = typer.Option(None, help="auto: place a large target across this node's GPUs."),
     limit: int | None = typer.Option(None, help="Use the first N samples of the task."),
     turns: int | None = typer.Option(None, help="At most N turns of multi-turn tasks (MT-bench has 2)."),
     split: str | None = typer.Option(None, help="Task split where it applies (wmt: newstest2014|newstest2016)."),
@@ -77,6 +78,7 @@ def run(
         draft=draft,
         dtype=dtype,
         device=device,
+        device_map=device_map,
         limit=limit,
         turns=turns,
         split=split,
@@ -212,11 +214,14 @@ def sweep(
     config: Path = typer.Argument(..., help="A sweep file (YAML; see results/configs/)."),
     out: Path | None = typer.Option(None, help="Results tree (default: the file's `out`, else runs/sweeps/NAME)."),
     report: bool = typer.Option(True, help="Write the report (CSV, markdown, plots) into OUT/report at the end."),
+    executor: str = typer.Option("local", help="local (this process) or ray (one Ray task per cell)."),
+    address: str | None = typer.Option(None, help="ray: the cluster to join (auto or HOST:PORT; default: start one)."),
+    max_retries: int = typer.Option(0, help="Retries of a failing cell (error, lost worker) before it is recorded."),
 ) -> None:
     """Run a grid of cells into one results tree; finished cells are skipped, one AR baseline per model/task."""
     from bench.sweep import run_sweep
 
-    status = run_sweep(config, out, progress=sys.stderr.isatty(), echo=typer.echo)
+    status = run_sweep(config, out, sys.stderr.isatty(), typer.echo, executor, address, max_retries)
     failed = {k: v for k, v in status["cells"].items() if v["status"] == "failed"}
     typer.echo(f"sweep: {len(status['cells']) - len(failed)} cells done, {len(failed)} failed; {status['root']}")
     for key, cell in failed.items():

@@ -40,13 +40,22 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def node_kind(device_name: str, device: torch.device) -> str:
+    """What must match for two timings to be compared: the device model, and for CPUs the usable cores."""
+    if device.type == "cuda":
+        return device_name
+    return f"{device_name} x{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}"
+
+
 def describe(device: torch.device) -> dict[str, Any]:
     """The environment record stored in every manifest."""
     import transformers
 
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "device_name": name,
+        "node_kind": node_kind(name, device),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -239,8 +239,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load(spec: str, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
-    """Load a preset name, a local folder, or a hub id; record the artifact it came from."""
+def load(spec: str, dtype: str = "float32", device: str = "cpu", device_map: str | None = None) -> LoadedModel:
+    """Load a preset name, a local folder, or a hub id; record the artifact it came from.
+
+    `device_map` (e.g. "auto") lets accelerate place a large model across the GPUs of one node instead of moving
+    it to `device`; the placement is the model's `hf_device_map`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -264,7 +267,10 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
         raise BenchError(f"model {spec!r} is neither a preset ({', '.join(PRESETS)}), a folder, nor a hub id")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(torch_device).eval()
+        if device_map:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map).eval()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(torch_device).eval()
     except Exception as exc:  # transformers raises many types: OSError, ValueError, HFValidationError ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BenchError(f"could not load model {spec!r}: {first}") from exc

@@ -32,6 +32,13 @@ class Run:
     method: list[dict[str, Any]]
     baseline: list[dict[str, Any]]
     summaries: list[dict[str, Any]]
+    baseline_kind: str | None = None  # the node kind the baseline was measured on
+
+    @property
+    def same_hardware(self) -> bool:
+        """Whether method and baseline were timed on the same kind of node (unknown for old runs: assumed)."""
+        mine = self.environment.get("node_kind")
+        return mine is None or self.baseline_kind is None or mine == self.baseline_kind
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -61,12 +68,17 @@ def load_run(root: Path) -> Run:
     config = manifest["config"]
     records, _ = read_samples(root / SAMPLES)
     baseline = [r for r in records if r["role"] == "baseline"]
+    environment = manifest.get("environment", {})
+    baseline_kind = environment.get("node_kind")
     if config.get("baseline_run"):
         shared = (root / config["baseline_run"]).resolve()
+        if not (shared / MANIFEST).exists():
+            raise BenchError(f"{root}: its baseline run {shared} is missing")
         baseline = [r for r in read_samples(shared / SAMPLES)[0] if r["role"] == "method"]
+        baseline_kind = _read_json(shared / MANIFEST).get("environment", {}).get("node_kind")
     summaries = _read_json(root / SUMMARY) if (root / SUMMARY).exists() else []
     method = [r for r in records if r["role"] == "method"]
-    return Run(root, config, manifest.get("environment", {}), method, baseline, summaries)
+    return Run(root, config, environment, method, baseline, summaries, baseline_kind)
 
 
 def settings_label(config: dict[str, Any]) -> str:
@@ -194,7 +206,7 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
         groups = [("all", records)] + [(c, [r for r in records if r.get("category") == c]) for c in categories]
         for category, group in groups if len(categories) > 1 else groups[:1]:
             row = common | {"method": method, "settings": settings, "category": category}
-            row |= group_row(group, run.baseline)
+            row |= group_row(group, run.baseline if run.same_hardware else [])
             if category == "all":
                 s = summary.get(role, {})
                 row["roofline_tokens_per_s"] = s.get("roofline_tokens_per_s")
@@ -206,7 +218,10 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
                         if key in base_quality:
                             row[f"{key}_delta"] = s[key] - base_quality[key]
             expect = role == "method" and config["method"] != "ar" and config.get("baseline", True)
-            row["flag"] = "; ".join(flags(row, expect))
+            problems = flags(row, expect and run.same_hardware)
+            if role == "method" and not run.same_hardware:
+                problems.append(f"baseline timed on other hardware ({run.baseline_kind}); no speedup")
+            row["flag"] = "; ".join(problems)
             rows.append(row)
     return rows
 

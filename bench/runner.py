@@ -37,6 +37,7 @@ class RunConfig:
     draft: str | None = None
     dtype: str = "float32"
     device: str = "cpu"
+    device_map: str | None = None  # e.g. "auto": accelerate places the target across this node's GPUs
     max_new_tokens: int = 128
     seed: int = 0
     temperature: float = 0.0  # 0 means greedy
@@ -143,13 +144,16 @@ def run(config: RunConfig, progress: bool = True, baseline_dir: Path | None = No
     samples = task.load(config.limit)
     if not samples:
         raise BenchError(f"task {config.task} has no samples")
-    target = models.load(config.model, config.dtype, config.device)
+    target = models.load(config.model, config.dtype, config.device, config.device_map)
     method = build_method(config, target)
     baseline = None
     if config.baseline and config.method != BASELINE:
         baseline = get_method(BASELINE)(target, config.sampler())
     env = environment.describe(target.device)
     extra = {"model_artifact": target.artifact, "task_data": str(task.data_dir)}
+    if config.device_map:
+        placement = getattr(target.model, "hf_device_map", None) or {"": target.device}  # one device: no map
+        extra["placement"] = {k: str(v) for k, v in placement.items()}
     if baseline and baseline_dir is not None:
         base_store = RunStore.open(baseline_dir, baseline_config(config).identity() | extra, env)
         extra["baseline_run"] = str(Path(os.path.relpath(baseline_dir, config.out_dir())))

@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ from bench.runner import BASELINE, RunConfig
 from bench.store import MANIFEST, SUMMARY
 
 RUN_SETTINGS = {f.name for f in fields(RunConfig)} - {"method", "task", "model", "dtype", "options", "draft", "out"}
-TOP_KEYS = {"name", "out", "models", "dtypes", "tasks", "methods", "device"} | RUN_SETTINGS
+TOP_KEYS = {"name", "out", "models", "dtypes", "tasks", "methods", "device", "resources"} | RUN_SETTINGS
+EXECUTORS = ("local", "ray")
 METHOD_KEYS = {"method", "settings", "grid", "draft", "models", "tasks"}
 TASK_KEYS = {"name", "split", "subset", "limit", "max_new_tokens", "turns"}
 
@@ -143,40 +145,83 @@ def finished(cell: Cell) -> bool:
     return cell.config.limit is not None and samples >= cell.config.limit
 
 
-def run_sweep(path: Path, out: Path | None = None, progress: bool = False, echo=print) -> dict[str, Any]:
-    """Run every unfinished cell; returns the sweep record written to OUT/sweep.json."""
-    from bench.runner import run
+def resources(config: dict[str, Any]) -> dict[str, float]:
+    """What one cell asks of a Ray cluster: the config's `resources`, else one GPU for CUDA runs, else one CPU."""
+    given = config.get("resources")
+    if given is None:
+        return {"num_gpus": 1} if str(config.get("device", "cpu")).startswith("cuda") else {"num_cpus": 1}
+    if not isinstance(given, dict) or set(given) - {"num_cpus", "num_gpus", "memory"}:
+        raise BenchError("resources: a mapping of num_cpus, num_gpus and memory (bytes)")
+    return given
 
+
+def run_sweep(
+    path: Path,
+    out: Path | None = None,
+    progress: bool = False,
+    echo: Callable[[str], None] = print,
+    executor: str = "local",
+    address: str | None = None,
+    max_retries: int = 0,
+) -> dict[str, Any]:
+    """Run every unfinished cell on the local process or a Ray cluster; returns the sweep record, also written to
+    OUT/sweep.json. A cell that still fails after `max_retries` retries is recorded with its reason."""
+    if executor not in EXECUTORS:
+        raise BenchError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if max_retries < 0:
+        raise BenchError(f"--max-retries must be >= 0 (got {max_retries})")
     config = load_config(path)
+    if executor == "ray":
+        from bench.ray_executor import import_ray
+
+        import_ray()
     root = Path(out or config.get("out") or Path("runs") / "sweeps" / config.get("name", path.stem))
     todo = cells(config, root)
     for cell in todo:
         cell.config.validate()
     root.mkdir(parents=True, exist_ok=True)
-    status: dict[str, Any] = {"config": str(path), "cells": {}}
-    for i, cell in enumerate(todo, 1):
+    status: dict[str, Any] = {"config": str(path), "executor": executor, "cells": {}}
+    pending = []
+    for cell in todo:
         key = str(Path(cell.config.out).relative_to(root))
         if finished(cell):
-            echo(f"[{i}/{len(todo)}] {key}: finished earlier, skipped")
+            echo(f"{key}: finished earlier, skipped")
             status["cells"][key] = {"status": "done"}
-            continue
-        echo(f"[{i}/{len(todo)}] {key}: running")
-        try:
-            result = run(replace(cell.config), progress=progress, baseline_dir=cell.baseline_dir)
-            method = next(s for s in result.summaries if s["role"] == "method")
-            echo(
-                f"[{i}/{len(todo)}] {key}: tau {method['tau']:.3f}, speedup "
-                + ("-" if method.get("speedup") is None else f"{method['speedup']:.3f}")
-            )
-            status["cells"][key] = {"status": "done"}
-        except (BenchError, RuntimeError, ValueError, OSError) as exc:  # one cell's failure does not stop the sweep
-            reason = f"{type(exc).__name__}: {exc}"
-            echo(f"[{i}/{len(todo)}] {key}: FAILED ({reason})")
-            status["cells"][key] = {"status": "failed", "reason": reason, "trace": traceback.format_exc(limit=3)}
+        else:
+            pending.append(cell)
+    if executor == "ray":
+        from bench.ray_executor import run_cells
+
+        results = run_cells(pending, resources(config), address, max_retries, echo)
+        for cell in pending:
+            key = str(Path(cell.config.out).relative_to(root))
+            status["cells"][key] = results.get(cell.config.out, {"status": "failed", "reason": "not run"})
+    for i, cell in enumerate(pending if executor == "local" else [], 1):
+        key = str(Path(cell.config.out).relative_to(root))
+        for attempt in range(max_retries + 1):
+            echo(f"[{i}/{len(pending)}] {key}: running" + (f" (retry {attempt})" if attempt else ""))
+            status["cells"][key] = _run_local(cell, progress, echo, f"[{i}/{len(pending)}] {key}")
+            if status["cells"][key]["status"] == "done":
+                break
         _write(root / "sweep.json", status)
     _write(root / "sweep.json", status)
     status["root"] = str(root)
     return status
+
+
+def _run_local(cell: Cell, progress: bool, echo: Callable[[str], None], name: str) -> dict[str, Any]:
+    from bench.runner import run
+
+    try:
+        result = run(replace(cell.config), progress=progress, baseline_dir=cell.baseline_dir)
+    except (BenchError, RuntimeError, ValueError, OSError) as exc:  # one cell's failure does not stop the sweep
+        reason = f"{type(exc).__name__}: {exc}"
+        echo(f"{name}: FAILED ({reason})")
+        return {"status": "failed", "reason": reason, "trace": traceback.format_exc(limit=3)}
+    method = next(s for s in result.summaries if s["role"] == "method")
+    speedup = "-" if method.get("speedup") is None else f"{method['speedup']:.3f}"
+    echo(f"{name}: tau {method['tau']:.3f}, speedup {speedup}")
+    return {"status": "done"}
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:

@@ -102,3 +102,10 @@ def test_mtbench_second_turn_is_conditioned_on_own_first_answer(tiny_dir, data_d
     # --turns 1 keeps first turns only
     run(config(tiny_dir, data_dir, tmp_path / "one", method="ar", limit=2, turns=1), progress=False)
     assert [r["prompt_id"] for r in lines(tmp_path / "one")] == ["81", "82"]
+
+
+def test_device_map_placement_is_recorded(tiny_dir, data_dir, tmp_path):
+    run(config(tiny_dir, data_dir, tmp_path / "r", method="ar", limit=1, device_map="auto"), progress=False)
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["config"]["device_map"] == "auto"
+    assert set(manifest["config"]["placement"].values()) == {"cpu"}  # accelerate's placement on a CPU-only node
