@@ -194,6 +194,11 @@ def write_report(runs: list[Path], out: Path, against: list[str], plots: bool) -
     typer.echo(text)
     for row in df[df["flag"] != ""].itertuples():
         typer.echo(f"flagged: {row.method} {row.settings} on {row.task} ({row.run}): {row.flag}")
+    failed = rep.failed_cells(runs)
+    if failed:
+        lines = [f"- {cell}: {reason}" for cell, reason in failed]
+        sections.append("## Failed cells\n\n" + "\n".join(lines) + "\n")
+        typer.echo("failed cells:\n" + "\n".join(lines))
     for paper in against:
         joined = rep.against(df, paper)
         joined.to_csv(out / f"against-{paper}.csv", index=False)

@@ -81,6 +81,16 @@ def load_run(root: Path) -> Run:
     return Run(root, config, environment, method, baseline, summaries, baseline_kind)
 
 
+def failed_cells(paths: list[Path]) -> list[tuple[str, str]]:
+    """(cell, reason) of every cell a sweep under `paths` recorded as failed in its sweep.json."""
+    out = []
+    for path in paths:
+        for status_file in [path / "sweep.json"] if (path / "sweep.json").exists() else path.rglob("sweep.json"):
+            cells = _read_json(status_file).get("cells", {}).items()
+            out += [(str(status_file.parent / k), c.get("reason", "")) for k, c in cells if c["status"] != "done"]
+    return out
+
+
 def settings_label(config: dict[str, Any]) -> str:
     """The method's settings in the papers' words: "W=5 N=3 G=5", "k=4 draft=...", "T=0.7"."""
     options = config.get("options", {})

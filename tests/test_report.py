@@ -102,6 +102,8 @@ def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path, sweep_file, mon
     assert "1 cells done, 1 failed" in out and "method pld does not take --window" in out
     status = json.loads((tmp_path / "o" / "sweep.json").read_text())
     assert [c["status"] for c in status["cells"].values()] == ["failed", "done"]
+    code, out, _ = bench(monkeypatch, capsys, "report", str(tmp_path / "o"), "--out", str(tmp_path / "rep"))
+    assert code == 0 and "failed cells:" in out and "does not take --window" in out
 
 
 @pytest.mark.parametrize(
