@@ -9,7 +9,7 @@ ifneq ($(wildcard ../shared/data/README.md),)
 export DECODEBENCH_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup test lint format demo bench-timer bench-ar check-ci reproduce-cpu reproduce-all clean
+.PHONY: setup test lint format demo bench-timer bench-ar check-ci reproduce-cpu reproduce-llm2slm-cpu reproduce-all clean
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,21 @@ reproduce-cpu: setup
 	$(BIN)/bench sweep results/configs/cpu.yaml --no-report
 	$(BIN)/bench sweep results/configs/cpu-spec.yaml --no-report
 	$(BIN)/bench report results/cpu/runs --out results/cpu --against lookahead --against spec-bench --against llm-to-slm
+
+# LLM-to-SLM on CPU (about 70 minutes): qwen2.5-coder-0.5b -> smollm2-135m (different tokenizers: adapter path),
+# against the same SLM fine-tuned alone with the same budget; both trained on newstest2016, scored on newstest2014.
+L2S_STEPS ?= 120
+L2S_CKPT ?= ckpt
+reproduce-llm2slm-cpu: setup
+	$(BIN)/bench train llm2slm --llm qwen2.5-coder-0.5b --slm smollm2-135m --task wmt --steps $(L2S_STEPS) \
+		--lr 2e-4 --eval-every 20 --save-every 60 --out $(L2S_CKPT)/llm2slm-qwen05-smollm2
+	$(BIN)/bench train slm --slm smollm2-135m --task wmt --steps $(L2S_STEPS) \
+		--lr 2e-4 --eval-every 20 --save-every 60 --out $(L2S_CKPT)/slm-smollm2
+	$(BIN)/bench run --method llm2slm --checkpoint $(L2S_CKPT)/llm2slm-qwen05-smollm2 --task wmt --limit 50 \
+		--max-new-tokens 96 --out results/llm2slm/runs/llm2slm
+	$(BIN)/bench run --method ar --model $(L2S_CKPT)/slm-smollm2 --task wmt --limit 50 --max-new-tokens 96 \
+		--out results/llm2slm/runs/slm-alone
+	$(BIN)/bench report results/llm2slm/runs --out results/llm2slm --against llm-to-slm
 
 # The papers' own setups: needs CUDA GPUs and hub access (gated Llama-2 / CodeLlama weights).
 PAPERS ?= lookahead spec-bench
