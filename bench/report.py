@@ -262,7 +262,7 @@ def table(runs: list[Run]) -> pd.DataFrame:
 def markdown(df: pd.DataFrame) -> str:
     """The readable subset of the table as markdown."""
     cols = ["model", "method", "settings", "task", "category", "samples", "tokens_per_s", "speedup"]
-    cols += ["speedup_ci_low", "speedup_ci_high", "tau", "overhead", "exact_rate", "tpot_ms_median"]
+    cols += ["speedup_ci_low", "speedup_ci_high", "tau", "overhead", "exact_rate", "tpot_ms_median", "encode_ms_median"]
     cols += [c for c in df.columns if c.split("_delta")[0] in QUALITY] + ["flag"]
     view = df[[c for c in cols if c in df.columns]].copy()
     if "speedup_ci_low" in view:
