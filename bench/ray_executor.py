@@ -28,12 +28,26 @@ from bench.store import MANIFEST, SAMPLES, RunStore, read_samples
 INSTALL_HINT = "--executor ray needs Ray: pip install 'decodebench[ray]' (or pip install ray)"
 
 
-def import_ray():
-    """The ray module, or one clear error saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise BenchError(INSTALL_HINT) from None
+# Ray treats a node as a single-machine "cluster" bound to the loopback address when this is off (its switch for
+# laptops); it must be set before ray is imported, and worker processes inherit it.
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def check_installed() -> None:
+    """One clear error saying how to install Ray when it is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise BenchError(INSTALL_HINT)
+
+
+def import_ray(private: bool):
+    """The ray module; for a private cluster (no --address) set up so that it listens on the loopback only."""
+    check_installed()
+    if private:
+        os.environ.update(LOOPBACK_ONLY)
+    import ray
+
     return ray
 
 
@@ -91,11 +105,9 @@ def run_cells(
     echo: Callable[[str], None],
 ) -> dict[str, dict[str, Any]]:
     """Run the cells (and their baselines) on a Ray cluster; returns each cell's status by run directory."""
-    ray = import_ray()
+    ray = import_ray(private=address is None)
     started = not ray.is_initialized()
-    if started and address is None:  # a private cluster on this machine, reachable on the loopback only
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
-    elif started:
+    if started:  # address None: a private cluster on this machine (127.0.0.1 when ray was imported here first)
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         retry_on = [RuntimeError, OSError, MemoryError]  # not BenchError: bad input fails the same way again

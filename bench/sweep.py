@@ -172,9 +172,9 @@ def run_sweep(
         raise BenchError(f"--max-retries must be >= 0 (got {max_retries})")
     config = load_config(path)
     if executor == "ray":
-        from bench.ray_executor import import_ray
+        from bench.ray_executor import check_installed
 
-        import_ray()
+        check_installed()
     root = Path(out or config.get("out") or Path("runs") / "sweeps" / config.get("name", path.stem))
     todo = cells(config, root)
     for cell in todo:

@@ -4,15 +4,18 @@ and a worker killed mid-sweep is retried without losing or duplicating records."
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
 import psutil
 import pytest
 
+from bench.ray_executor import LOOPBACK_ONLY
 from bench.store import SAMPLES
 from bench.sweep import run_sweep
 
+os.environ.update(LOOPBACK_ONLY)  # before ray is imported: the test cluster listens on 127.0.0.1 only
 ray = pytest.importorskip("ray")  # installed by `make setup` (the [ray] extra); optional for users
 
 FIELDS = ("prompt_id", "role", "token_ids", "tau", "exact", "new_tokens", "target_forwards")
@@ -20,8 +23,9 @@ FIELDS = ("prompt_id", "role", "token_ids", "tau", "exact", "new_tokens", "targe
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
         yield
     finally:
         ray.shutdown()

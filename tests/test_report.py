@@ -227,3 +227,14 @@ def test_shipped_sweep_configs_are_valid(path, tmp_path):
         cell.config.validate()
         draft = {"draft"} if cell.config.draft else set()
         get_method(cell.config.method).check_options(set(cell.config.options) | draft)
+
+
+def test_ray_executor_without_ray_says_how_to_install(sweep_file, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    code, _, err = bench(monkeypatch, capsys, "sweep", str(sweep_file), "--executor", "ray")
+    assert code == 2 and "pip install 'decodebench[ray]'" in err
+    code, _, err = bench(monkeypatch, capsys, "sweep", str(sweep_file), "--executor", "slurm")
+    assert code == 2 and "unknown executor 'slurm'" in err
