@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.report import QUALITY, Run, settings_label  # noqa: E402
+from bench.report import QUALITY, Run, settings_label, target_generates  # noqa: E402
 
 
 def _label(row: pd.Series) -> str:
@@ -64,9 +64,11 @@ def speedup_by_task(df: pd.DataFrame, path: Path) -> Path | None:
 
 
 def speed_vs_quality(df: pd.DataFrame, path: Path) -> Path | None:
-    """Speedup against the quality change vs. the target's own AR output (lossy methods move down)."""
+    """Speedup against the quality change vs. the target's own AR output, for lossy rows (methods that do not
+    generate with the target, and sampling); lossless greedy rows sit at zero by construction."""
     deltas = [f"{q}_delta" for q in QUALITY if f"{q}_delta" in df]
-    rows = df[(df["method"] != "ar") & df["speedup"].notna()]
+    lossy = df["settings"].fillna("").str.contains("T=") | ~df["method"].map(target_generates)
+    rows = df[(df["method"] != "ar") & df["speedup"].notna() & lossy]
     rows = rows[rows[deltas].notna().any(axis=1)] if deltas else rows.iloc[0:0]
     if rows.empty:
         return None
@@ -74,10 +76,12 @@ def speed_vs_quality(df: pd.DataFrame, path: Path) -> Path | None:
     for _, row in rows.iterrows():
         metric = next(d for d in deltas if pd.notna(row[d]))
         ax.scatter(row["speedup"], row[metric], s=30)
-        ax.annotate(f"{_label(row)} ({_where(row)}, {metric.removesuffix('_delta')})", (row["speedup"], row[metric]),
-                    fontsize=7, xytext=(4, 3), textcoords="offset points")  # fmt: skip
+        text = "\n".join(textwrap.wrap(f"{_label(row)} ({_where(row)}, {metric.removesuffix('_delta')})", 36))
+        ax.annotate(text, (row["speedup"], row[metric]), fontsize=7, xytext=(-4, 4), textcoords="offset points",
+                    ha="right", va="bottom")  # fmt: skip
     ax.axhline(0.0, color="grey", lw=0.8, ls="--")
     ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlim(min(0.9, rows["speedup"].min() * 0.8), rows["speedup"].max() * 1.1)
     ax.set_xlabel("speedup over AR")
     ax.set_ylabel("quality delta vs. AR (points)")
     ax.set_title("speed against quality")
