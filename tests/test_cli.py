@@ -12,11 +12,15 @@ from bench.cli import main
 
 
 def bench(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr); main() returns normally on success."""
     monkeypatch.setattr(sys, "argv", ["bench", *args])
-    with pytest.raises(SystemExit) as exit_info:
+    try:
         main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
     captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ adapter for different tokenizers, and `bench train` + `bench run --method llm2sl
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -12,7 +11,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from bench import models as bench_models
-from bench.cli import main
 from bench.errors import BenchError
 from bench.models import LoadedModel
 from bench.store import SAMPLES
@@ -23,6 +21,7 @@ from methods.llm2slm import LLM2SLM, STATE_FILE, load_checkpoint
 from tasks.base import encode_prompt
 from tasks.wmt import TEMPLATE
 from tests.conftest import CORPUS, make_tokenizer
+from tests.test_cli import bench
 
 PAIRS = [
     ("Das Haus ist klein.", "The house is small."),
@@ -218,17 +217,6 @@ def test_resume_continues_from_the_saved_step(dirs, wmt_dir, tmp_path):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
     with pytest.raises(BenchError, match=r"different config \(lr, seed\)"):
         train(config(dirs, wmt_dir, tmp_path / "parts", steps=8, lr=1e-3, seed=1, slm_tuning="lora"), progress=False)
-
-
-def bench(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["bench", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize(

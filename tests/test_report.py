@@ -4,30 +4,17 @@ failed cells, and a check that fails when a regression is injected."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from bench import report as rep
-from bench.cli import main
 from bench.plots import all_plots
 from bench.runner import RunConfig, run
 from bench.store import SAMPLES
 from methods import decode
-
-
-def bench(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["bench", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.test_cli import bench
 
 
 @pytest.fixture(scope="module")
