@@ -72,7 +72,7 @@ def execute(config: dict[str, Any], done: list[dict[str, Any]], baseline: dict[s
         result = run(cell, progress=False, baseline_dir=baseline_dir)
         manifest = json.loads((Path(cell.out) / MANIFEST).read_text())
         records, _ = read_samples(Path(cell.out) / SAMPLES)
-    return {"manifest": manifest, "records": records, "summaries": result.summaries, "pid": os.getpid()}
+    return {"manifest": manifest, "records": records, "summaries": result.summaries}
 
 
 def store_result(folder: Path, result: dict[str, Any], baseline_run: str | None) -> int:
@@ -86,10 +86,7 @@ def store_result(folder: Path, result: dict[str, Any], baseline_run: str | None)
     new = [r for r in result["records"] if not store.has(r["role"], r["prompt_id"])]
     for record in new:
         store.append(record)
-    summaries = result["summaries"]
-    if baseline_run is None and len(summaries) > 1:  # a baseline task is an `ar` run: its one row
-        summaries = summaries[-1:]
-    write_summary(folder, summaries)
+    write_summary(folder, result["summaries"])
     return len(new)
 
 

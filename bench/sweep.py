@@ -47,14 +47,10 @@ TASK_KEYS = {"name", "split", "subset", "limit", "max_new_tokens", "turns"}
 
 @dataclass
 class Cell:
+    """One run of a sweep and the shared `ar` run it is compared with (None: no baseline)."""
+
     config: RunConfig
     baseline_dir: Path | None
-
-    @property
-    def name(self) -> str:
-        return f"{self.config.task} {self.config.model} {self.config.dtype} {self.config.method} " + settings_label(
-            {"options": self.config.options, "draft": self.config.draft}
-        )
 
 
 def _check_keys(where: str, given: dict[str, Any], known: set[str]) -> None:
