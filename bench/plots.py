@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.report import QUALITY, Run, settings_label, target_generates  # noqa: E402
+from bench.report import Run, quality_metrics, settings_label, target_generates  # noqa: E402
 
 
 def _label(row: pd.Series) -> str:
@@ -66,7 +66,7 @@ def speedup_by_task(df: pd.DataFrame, path: Path) -> Path | None:
 def speed_vs_quality(df: pd.DataFrame, path: Path) -> Path | None:
     """Speedup against the quality change vs. the target's own AR output, for lossy rows (methods that do not
     generate with the target, and sampling); lossless greedy rows sit at zero by construction."""
-    deltas = [f"{q}_delta" for q in QUALITY if f"{q}_delta" in df]
+    deltas = [f"{q}_delta" for q in quality_metrics() if f"{q}_delta" in df]
     lossy = df["settings"].fillna("").str.contains("T=") | ~df["method"].map(target_generates)
     rows = df[(df["method"] != "ar") & df["speedup"].notna() & lossy]
     rows = rows[rows[deltas].notna().any(axis=1)] if deltas else rows.iloc[0:0]

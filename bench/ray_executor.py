@@ -21,9 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
-from bench.runner import RunConfig, baseline_config, write_summary
-from bench.store import MANIFEST, SAMPLES, RunStore, read_samples
+from bench.runner import RunConfig
+from bench.store import MANIFEST, SAMPLES, SUMMARY, RunStore, read_samples
+from core.errors import BenchError
+from core.files import write_json
 
 INSTALL_HINT = "--executor ray needs Ray: pip install 'decodebench[ray]' (or pip install ray)"
 
@@ -62,8 +63,7 @@ def execute(config: dict[str, Any], done: list[dict[str, Any]], baseline: dict[s
     from bench.runner import run
 
     with tempfile.TemporaryDirectory(prefix="decodebench-cell-") as tmp:
-        cell = RunConfig(**config)
-        cell.out = str(Path(tmp) / "cell")
+        cell = dataclasses.replace(RunConfig(**config), out=str(Path(tmp) / "cell"))
         _write_records(Path(cell.out), done)
         baseline_dir = None
         if baseline is not None:
@@ -86,7 +86,7 @@ def store_result(folder: Path, result: dict[str, Any], baseline_run: str | None)
     new = [r for r in result["records"] if not store.has(r["role"], r["prompt_id"])]
     for record in new:
         store.append(record)
-    write_summary(folder, result["summaries"])
+    write_json(folder / SUMMARY, result["summaries"])
     return len(new)
 
 
@@ -113,7 +113,7 @@ def run_cells(
         pending: dict[Any, tuple[str, Path, Any]] = {}
         for cell in cells:
             if cell.baseline_dir is not None and cell.baseline_dir not in baselines:
-                ar = dataclasses.asdict(baseline_config(cell.config))
+                ar = dataclasses.asdict(cell.config.baseline_config())
                 ref = task.remote(ar, stored_records(cell.baseline_dir), None)
                 baselines[cell.baseline_dir] = ref
                 pending[ref] = ("baseline", cell.baseline_dir, None)

@@ -1,11 +1,11 @@
-"""`bench run`: load the model and task, decode every sample with the method (and the AR baseline in the same
-process, interleaved per sample), and store each finished generation at once."""
+"""`bench run`: plan (resolve the config, load task and models, open the run stores), measure (the method and
+the AR baseline on the same samples, interleaved per sample, every finished generation stored at once) and finish
+(summaries with quality and roofline)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,27 +14,30 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import environment, models
-from bench.errors import BenchError
-from bench.metrics import exactness, generation_record, summarize
+from bench import environment
+from bench.records import aggregate, exactness, generation_record
 from bench.store import SUMMARY, RunStore
-from bench.timing import Timer
-from methods.base import Method, get_method
+from core import models
+from core.errors import BenchError
+from core.files import write_json
+from core.presets import DEFAULT_MODEL, PRESETS
+from core.timing import Timer
+from methods.base import METHODS, Decoded, Method
 from methods.decode import Sampler, StopRule
-from tasks.base import Task, get_task
+from tasks.base import TASKS, Sample, Task
 
 BASELINE = "ar"
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a run. All fields but `limit`, `out`, `warmup` and `data_dir` must match to
-    resume a run directory."""
+    resume a run directory. `resolve()` fills every default in; the run's identity is that of the resolved one."""
 
     method: str
     task: str
-    model: str = models.DEFAULT_MODEL
-    draft: str | None = None
+    model: str | None = None  # None: the method's default (llm2slm: its checkpoint's LLM), else DEFAULT_MODEL
+    draft: str | None = None  # None: the preset's usual draft model, for methods that use one
     dtype: str = "float32"
     device: str = "cpu"
     device_map: str | None = None  # e.g. "auto": accelerate places the target across this node's GPUs
@@ -44,29 +47,45 @@ class RunConfig:
     top_p: float = 1.0
     top_k: int = 0
     baseline: bool = True
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the method's options, by name
+    task_options: dict[str, Any] = field(default_factory=dict)  # the task's options (split, subset ...)
     turns: int | None = None  # at most this many turns of multi-turn tasks (None: all)
-    split: str | None = None  # task-specific: e.g. wmt newstest2016
-    subset: str | None = None  # task-specific: e.g. a Spec-Bench category
+    threads: int | None = None  # torch CPU threads (None: torch's default)
     limit: int | None = None
     warmup: int = 1
     data_dir: str | None = None
     out: str | None = None
 
     def validate(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise BenchError(f"--limit must be at least 1 (got {self.limit})")
-        if self.max_new_tokens < 1:
-            raise BenchError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
-        if self.temperature < 0:
-            raise BenchError(f"--temperature must be >= 0 (got {self.temperature})")
-        if not 0 < self.top_p <= 1:
-            raise BenchError(f"--top-p must be in (0, 1] (got {self.top_p})")
-        if self.turns is not None and self.turns < 1:
-            raise BenchError(f"--turns must be at least 1 (got {self.turns})")
-        if self.top_k < 0 or self.warmup < 0:
-            raise BenchError("--top-k and --warmup must be >= 0")
-        models.resolve_dtype(self.dtype)
+        """Check the numbers and names that need no registry lookup."""
+        checks = [
+            (self.limit is None or self.limit >= 1, f"--limit must be at least 1 (got {self.limit})"),
+            (self.max_new_tokens >= 1, f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})"),
+            (self.temperature >= 0, f"--temperature must be >= 0 (got {self.temperature})"),
+            (0 < self.top_p <= 1, f"--top-p must be in (0, 1] (got {self.top_p})"),
+            (self.turns is None or self.turns >= 1, f"--turns must be at least 1 (got {self.turns})"),
+            (self.threads is None or self.threads >= 1, f"--threads must be at least 1 (got {self.threads})"),
+            (self.top_k >= 0 and self.warmup >= 0, "--top-k and --warmup must be >= 0"),
+            (self.dtype in models.DTYPES, f"unknown dtype {self.dtype!r}; choose one of {', '.join(models.DTYPES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BenchError(message)
+
+    def resolve(self) -> RunConfig:
+        """This config with every default filled in (model, draft, method and task options), validated."""
+        self.validate()
+        method_cls, task_cls = METHODS.get(self.method), TASKS.get(self.task)
+        options = method_cls.Options.resolve(self.options, self.method)
+        task_options = task_cls.Options.resolve(self.task_options, self.task)
+        model = self.model or method_cls.default_model(options) or DEFAULT_MODEL
+        if self.draft and not method_cls.uses_draft:
+            raise BenchError(f"method {self.method} does not take --draft")
+        preset = PRESETS.get(model)
+        draft = self.draft or (preset.draft if method_cls.uses_draft and preset else None)
+        baseline = self.baseline or self.method == BASELINE  # an `ar` run is the baseline itself
+        return dataclasses.replace(self, model=model, draft=draft, baseline=baseline, options=options.as_dict(),
+                                   task_options=task_options.as_dict())  # fmt: skip
 
     def identity(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -78,13 +97,49 @@ class RunConfig:
         if self.out:
             return Path(self.out)
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
-        model = Path(self.model).name if Path(self.model).exists() else self.model.replace("/", "_")
-        return Path("runs") / self.task / f"{self.method}-{model}-{self.dtype}-{digest}"
+        model = str(self.model)
+        name = Path(model).name if Path(model).exists() else model.replace("/", "_")
+        return Path("runs") / self.task / f"{self.method}-{name}-{self.dtype}-{digest}"
 
     def sampler(self) -> Sampler | None:
         if self.temperature == 0:
             return None
         return Sampler(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
+
+    def baseline_config(self) -> RunConfig:
+        """The `ar` run that serves as this run's baseline (same model, dtype, task, samples and stop rule)."""
+        return dataclasses.replace(self, method=BASELINE, draft=None, options={}, out=None)
+
+
+@dataclass
+class Lane:
+    """One decoder of a run: the method under test or its AR baseline, and the store its records go to."""
+
+    role: str  # "method" or "baseline": what the records are
+    method: Method
+    store: RunStore
+
+
+@dataclass
+class Plan:
+    """A run ready to measure: resolved config, task and samples, the loaded target, the lanes (baseline first;
+    an `ar` run has the baseline lane alone)."""
+
+    config: RunConfig
+    task: Task
+    samples: list[Sample]
+    target: models.LoadedModel
+    lanes: list[Lane]
+
+    @property
+    def store(self) -> RunStore:
+        return self.lanes[-1].store
+
+    def turns(self, sample: Sample) -> list[str]:
+        return self.task.turns(sample)[: self.config.turns]
+
+    def turn_ids(self) -> set[str]:
+        return {turn_id(s.id, t) for s in self.samples for t in range(len(self.turns(s)))}
 
 
 @dataclass
@@ -93,161 +148,130 @@ class RunResult:
     summaries: list[dict[str, Any]]
 
 
-def build_task(config: RunConfig) -> Task:
-    """The task with the --split / --subset the user gave (refused by tasks that have none)."""
-    cls = get_task(config.task)
-    options = {k: v for k, v in (("split", config.split), ("subset", config.subset)) if v is not None}
-    params = inspect.signature(cls.__init__).parameters
-    for name in options:
-        if name not in params:
-            raise BenchError(f"task {config.task} has no --{name}")
-    return cls(config.data_dir, **options)
-
-
-def build_method(config: RunConfig, target: models.LoadedModel) -> Method:
-    cls = get_method(config.method)
-    options = dict(config.options)
-    if config.draft:
-        options["draft"] = models.load(config.draft, config.dtype, config.device)
-    return cls(target, config.sampler(), **options)
-
-
 def turn_id(sample_id: str, turn: int) -> str:
     """Record id of a turn: the sample id for the first turn, `ID:tN` for later ones."""
     return sample_id if turn == 0 else f"{sample_id}:t{turn + 1}"
 
 
-def baseline_config(config: RunConfig) -> RunConfig:
-    """The `ar` run that serves as the baseline of `config` (same model, dtype, task, samples and stop rule)."""
-    return dataclasses.replace(config, method=BASELINE, draft=None, options={}, baseline=False, out=None)
-
-
-def run(config: RunConfig, progress: bool = True, baseline_dir: Path | None = None) -> RunResult:
-    """Run (or resume) one method on one task; returns the run directory and the summaries.
-
-    The AR baseline runs interleaved with the method, sample by sample. Its records go to this run's store
-    (role "baseline"), or, with `baseline_dir`, to that shared `ar` run (a sweep's one baseline per model,
-    dtype and task), where samples already measured are reused instead of decoded again.
-    """
-    config.validate()
-    task = build_task(config)
-    method_cls = get_method(config.method)
-    preset = models.PRESETS.get(config.model)
-    if (
-        config.draft is None
-        and preset
-        and preset.draft
-        and "draft" in inspect.signature(method_cls.__init__).parameters
-    ):
-        config.draft = preset.draft  # the preset's usual draft model
-    method_cls.check_options(set(config.options) | ({"draft"} if config.draft else set()))
+def plan(config: RunConfig, baseline_dir: Path | None = None) -> Plan:
+    """Resolve `config`, load its task and models and open its run directory (and, with `baseline_dir`, the
+    shared `ar` run of a sweep that holds the baseline records)."""
+    config = config.resolve()
+    method_cls, task_cls = METHODS.get(config.method), TASKS.get(config.task)
+    task = task_cls(config.data_dir, task_cls.Options.resolve(config.task_options, config.task))
     samples = task.load(config.limit)
     if not samples:
         raise BenchError(f"task {config.task} has no samples")
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     target = models.load(config.model, config.dtype, config.device, config.device_map)
-    method = build_method(config, target)
-    baseline = None
-    if config.baseline and config.method != BASELINE:
-        baseline = get_method(BASELINE)(target, config.sampler())
+    draft = models.load(config.draft, config.dtype, config.device) if config.draft else None
+    method = method_cls.create(target, config.sampler(), config.options, draft)
     env = environment.describe(target.device)
     extra = {"model_artifact": target.artifact, "task_data": str(task.data_dir)}
     if config.device_map:
         placement = getattr(target.model, "hf_device_map", None) or {"": target.device}  # one device: no map
         extra["placement"] = {k: str(v) for k, v in placement.items()}
-    if baseline and baseline_dir is not None:
-        base_store = RunStore.open(baseline_dir, baseline_config(config).identity() | extra, env)
+    if config.method == BASELINE:  # the baseline alone (a sweep's shared `ar` run, or `bench run --method ar`)
+        store = RunStore.open(config.out_dir(), config.identity() | extra, env)
+        return Plan(config, task, samples, target, [Lane("baseline", method, store)])
+    shared = None
+    if config.baseline and baseline_dir is not None:
+        shared = RunStore.open(baseline_dir, config.baseline_config().identity() | extra, env)
         extra["baseline_run"] = str(Path(os.path.relpath(baseline_dir, config.out_dir())))
     store = RunStore.open(config.out_dir(), config.identity() | extra, env)
-    if not baseline or baseline_dir is None:
-        base_store = store
-    base_role = "method" if base_store is not store else "baseline"
+    lanes = [Lane("method", method, store)]
+    if config.baseline:
+        lanes.insert(0, Lane("baseline", METHODS.get(BASELINE)(target, config.sampler()), shared or store))
+    return Plan(config, task, samples, target, lanes)
 
-    tokenizer = target.tokenizer  # prompts are always in the target's tokenization
-    lanes = [(store, "method", method)]
-    if baseline:
-        lanes.insert(0, (base_store, base_role, baseline))
-    turns = {s.id: task.turns(s)[: config.turns] for s in samples}
-    pending = [
-        s
-        for s in samples
-        if any(not st.has(role, turn_id(s.id, t)) for st, role, _ in lanes for t in range(len(turns[s.id])))
-    ]
 
-    def decode(m: Method, prompt_ids: list[int], max_new: int):
-        stop = StopRule(max_new, m.output_eos_ids(), task.stop_strings, m.output_tokenizer)
-        if m.sampler is not None:
-            m.sampler.reset()
-        return m.generate(prompt_ids, stop, Timer(target.device))
+def run(config: RunConfig, progress: bool = True, baseline_dir: Path | None = None) -> RunResult:
+    """Run (or resume) one method on one task; returns the run directory and the summaries.
 
+    The AR baseline runs interleaved with the method, sample by sample. Its records go to this run's store, or,
+    with `baseline_dir`, to that shared `ar` run, where samples already measured are reused instead of decoded."""
+    p = plan(config, baseline_dir)
+    measure(p, progress)
+    return RunResult(p.store.root, finish(p))
+
+
+def _decode(p: Plan, method: Method, prompt_ids: list[int], max_new: int) -> Decoded:
+    stop = StopRule(max_new, method.output_eos_ids(), p.task.stop_strings, method.output_tokenizer)
+    if method.sampler is not None:
+        method.sampler.reset()
+    return method.generate(prompt_ids, stop, Timer(p.target.device))
+
+
+def measure(p: Plan, progress: bool = True) -> None:
+    """Decode every unfinished sample with every lane (baseline first), storing each generation as it ends."""
+    pending = [s for s in p.samples if any(not lane.store.has(lane.role, pid) for lane in p.lanes
+                                           for pid in (turn_id(s.id, t) for t in range(len(p.turns(s)))))]  # fmt: skip
     if pending:
-        first = task.prompt_ids(pending[0], tokenizer, [])
-        for _ in range(config.warmup):
-            for _, _, m in lanes:
-                decode(m, first, min(16, config.max_new_tokens))
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not progress,
-    ) as bar:
-        job = bar.add_task(f"{config.method} on {config.task}", total=len(samples))
-        bar.update(job, completed=len(samples) - len(pending))
+        first = p.task.prompt_ids(pending[0], p.target.tokenizer, [])
+        for _ in range(p.config.warmup):
+            for lane in p.lanes:
+                _decode(p, lane.method, first, min(16, p.config.max_new_tokens))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        job = bar.add_task(f"{p.config.method} on {p.config.task}", total=len(p.samples))
+        bar.update(job, completed=len(p.samples) - len(pending))
         for sample in pending:
-            for st, role, m in lanes:
-                history: list[tuple[str, str]] = []
-                for t, user_text in enumerate(turns[sample.id]):
-                    pid = turn_id(sample.id, t)
-                    record = st.get(role, pid)
-                    if record is None:
-                        ids = task.prompt_ids(sample, tokenizer, history)
-                        decoded = decode(m, ids, config.max_new_tokens)
-                        text = m.output_tokenizer.decode(decoded.tokens, skip_special_tokens=True)
-                        record = generation_record(role, m.name, pid, decoded, text)
-                        record |= {"sample_id": sample.id, "turn": t + 1, "prompt_tokens": len(ids)}
-                        record["category"] = sample.meta.get("category")
-                        reference = base_store.get(base_role, pid) if baseline else None
-                        if st is store and reference and m.sampler is None and method_cls.lossless:
-                            record.update(exactness(target.model, ids, reference["token_ids"], decoded.tokens))
-                        st.append(record)
-                    history.append((user_text, record["text"]))
+            for lane in p.lanes:
+                _measure_turns(p, lane, sample)
             bar.advance(job)
 
-    ids = {turn_id(s.id, t) for s in samples for t in range(len(turns[s.id]))}
-    base_records = [r for r in base_store.records(base_role) if r["prompt_id"] in ids] if baseline else []
-    method_records = [r for r in store.records("method") if r["prompt_id"] in ids]
+
+def _measure_turns(p: Plan, lane: Lane, sample: Sample) -> None:
+    """Every turn of `sample` with one lane; later turns see the lane's own earlier answers."""
+    history: list[tuple[str, str]] = []
+    baseline = p.lanes[0] if p.lanes[0].role == "baseline" else None
+    for t, user_text in enumerate(p.turns(sample)):
+        pid = turn_id(sample.id, t)
+        record = lane.store.get(lane.role, pid)
+        if record is None:
+            ids = p.task.prompt_ids(sample, p.target.tokenizer, history)
+            decoded = _decode(p, lane.method, ids, p.config.max_new_tokens)
+            text = lane.method.output_tokenizer.decode(decoded.tokens, skip_special_tokens=True)
+            record = generation_record(lane.role, lane.method.name, pid, decoded, text)
+            record |= {"sample_id": sample.id, "turn": t + 1, "prompt_tokens": len(ids)}
+            record["category"] = sample.meta.get("category")
+            reference = baseline.store.get("baseline", pid) if baseline and lane is not baseline else None
+            if reference and lane.method.sampler is None and lane.method.lossless:
+                record.update(exactness(p.target.model, ids, reference["token_ids"], decoded.tokens))
+            lane.store.append(record)
+        history.append((user_text, record["text"]))
+
+
+def finish(p: Plan) -> list[dict[str, Any]]:
+    """One summary row per lane (records of this run's samples), with quality and roofline; written to
+    summary.json (the shared baseline's run directory gets its own)."""
+    ids = p.turn_ids()
+    records = {lane.role: [r for r in lane.store.records(lane.role) if r["prompt_id"] in ids] for lane in p.lanes}
+    baseline = records.get("baseline")
     summaries = []
-    if baseline:
-        summaries.append(
-            summarize(base_records, base_records) | {"role": "baseline"} | quality(task, samples, base_records)
-        )
-    summaries.append(
-        summarize(method_records, base_records or None) | {"role": "method"} | quality(task, samples, method_records)
-    )
-    add_roofline(summaries, base_records or method_records, target)
-    write_summary(store.root, summaries)
-    if baseline and base_store is not store:  # the shared `ar` run gets its own summary, as if run alone
-        write_summary(base_store.root, [summaries[0] | {"role": "method", "speedup": None}])
-    return RunResult(store.root, summaries)
+    for lane in p.lanes:
+        row = {"role": lane.role, "method": lane.method.name} | aggregate(records[lane.role], baseline)
+        summaries.append(row | quality(p.task, p.samples, records[lane.role]))
+    add_roofline(summaries, baseline or records.get("method", []), p.target)
+    write_json(p.store.root / SUMMARY, summaries)
+    if baseline is not None and p.lanes[0].store is not p.store:  # the shared `ar` run, as if run alone
+        write_json(p.lanes[0].store.root / SUMMARY, summaries[:1])
+    return summaries
 
 
-def quality(task: Task, samples: list, records: list[dict[str, Any]]) -> dict[str, float]:
+def quality(task: Task, samples: list[Sample], records: list[dict[str, Any]]) -> dict[str, float]:
     """The task's quality metrics over the finished first-turn records (samples in task order)."""
     by_id = {r["prompt_id"]: r for r in records}
     done = [(s, by_id[s.id]) for s in samples if s.id in by_id]
     return task.score([s for s, _ in done], [r["text"] for _, r in done]) if done else {}
 
 
-def write_summary(root: Path, summaries: list[dict[str, Any]]) -> None:
-    """`summary.json`: the run's summaries (quality and roofline included), rewritten after every (re)run."""
-    tmp = root / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summaries, indent=1))
-    os.replace(tmp, root / SUMMARY)
-
-
 def add_roofline(summaries: list[dict[str, Any]], records: list[dict[str, Any]], target: models.LoadedModel) -> None:
     """Roofline tokens/s (bandwidth / bytes read per token at the mean context length) and, for rows with
-    one token per forward (autoregressive), the fraction of it reached."""
+    one token per forward of the target (autoregressive), the fraction of it reached."""
     if not records:
         return
     context = sum(r["prompt_tokens"] + r["new_tokens"] / 2 for r in records) / len(records)
@@ -256,5 +280,5 @@ def add_roofline(summaries: list[dict[str, Any]], records: list[dict[str, Any]],
     for s in summaries:
         if s.get("samples"):
             s["roofline_tokens_per_s"] = roofline
-            one_per_forward = s["tau"] == 1.0 and get_method(s["method"]).lossless  # llm2slm: the SLM generates
+            one_per_forward = s["tau"] == 1.0 and METHODS.get(s["method"]).lossless  # llm2slm: the SLM generates
             s["roofline_fraction"] = s["tokens_per_s"] / roofline if one_per_forward else None

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
+from core.errors import BenchError
+from core.files import write_json
 
 MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
@@ -21,7 +22,7 @@ SUMMARY = "summary.json"  # the summaries of the last (re)run, written by the ru
 
 
 def record_key(record: dict[str, Any]) -> tuple[str, str]:
-    """Records are unique by (role, prompt id): role is "method" or "baseline"."""
+    """Records are unique by (role, prompt id): role is "method" (the method under test) or "baseline" (AR)."""
     return record["role"], record["prompt_id"]
 
 
@@ -72,9 +73,7 @@ class RunStore:
         else:
             root.mkdir(parents=True, exist_ok=True)
             manifest = {"config": config, "environment": environment}
-            tmp = manifest_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(manifest, indent=1, default=str))
-            os.replace(tmp, manifest_path)
+            write_json(manifest_path, manifest)
         samples = root / SAMPLES
         records, good = read_samples(samples)
         if samples.exists() and samples.stat().st_size != good:

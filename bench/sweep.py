@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -33,21 +32,24 @@ from typing import Any
 
 import yaml
 
-from bench.errors import BenchError
 from bench.report import settings_label
 from bench.runner import BASELINE, RunConfig
 from bench.store import MANIFEST, SUMMARY
+from core.errors import BenchError
+from core.files import read_json, write_json
 
-RUN_SETTINGS = {f.name for f in fields(RunConfig)} - {"method", "task", "model", "dtype", "options", "draft", "out"}
+RUN_SETTINGS = {f.name for f in fields(RunConfig)} - {"method", "task", "model", "dtype", "options", "task_options",
+                                                      "draft", "out"}  # fmt: skip
 TOP_KEYS = {"name", "out", "models", "dtypes", "tasks", "methods", "device", "resources"} | RUN_SETTINGS
 EXECUTORS = ("local", "ray")
 METHOD_KEYS = {"method", "settings", "grid", "draft", "models", "tasks"}
-TASK_KEYS = {"name", "split", "subset", "limit", "max_new_tokens", "turns"}
+TASK_SETTINGS = {"limit", "max_new_tokens", "turns"}  # other keys of a task entry are the task's options
 
 
 @dataclass
 class Cell:
-    """One run of a sweep and the shared `ar` run it is compared with (None: no baseline)."""
+    """One run of a sweep (its config resolved: every default filled in) and the shared `ar` run it is compared
+    with (None: no baseline)."""
 
     config: RunConfig
     baseline_dir: Path | None
@@ -95,35 +97,49 @@ def _option_sets(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return settings or [{}]
 
 
-def cells(config: dict[str, Any], root: Path) -> list[Cell]:
-    """Every (model, dtype, task, method, settings) cell, baselines shared per (model, dtype, task)."""
-    common = {k: config[k] for k in RUN_SETTINGS & set(config)}
-    if "device" in config:
-        common["device"] = config["device"]
+def _task_entries(config: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(name, run settings, task options) of each `tasks:` entry."""
     out = []
-    for model, dtype, task in itertools.product(config["models"], config.get("dtypes", ["float32"]), config["tasks"]):
+    for task in config["tasks"]:
         task = {"name": task} if isinstance(task, str) else dict(task)
-        _check_keys(f"task {task}", task, TASK_KEYS)
-        task_settings = {k: v for k, v in task.items() if k != "name"}
-        label = task["name"] + "".join(f"-{task[k]}" for k in ("split", "subset") if task.get(k))
+        if "name" not in task:
+            raise BenchError(f"task entry {task}: needs a name")
+        name = task.pop("name")
+        out.append((name, {k: v for k, v in task.items() if k in TASK_SETTINGS},
+                    {k: v for k, v in task.items() if k not in TASK_SETTINGS}))  # fmt: skip
+    return out
+
+
+def _method_entries(config: dict[str, Any]) -> list[dict[str, Any]]:
+    entries = [{"method": e} if isinstance(e, str) else dict(e) for e in config["methods"]]
+    for entry in entries:
+        _check_keys(f"method {entry.get('method')}", entry, METHOD_KEYS)
+    return entries
+
+
+def cells(config: dict[str, Any], root: Path) -> list[Cell]:
+    """Every (model, dtype, task, method, settings) cell, resolved (so option names and values are checked before
+    any model loads), baselines shared per (model, dtype, task)."""
+    common = {k: config[k] for k in RUN_SETTINGS & set(config)}
+    out = []
+    grid = itertools.product(config["models"], config.get("dtypes", ["float32"]), _task_entries(config))
+    for model, dtype, (task, settings, task_options) in grid:
+        label = "-".join([task, *map(str, task_options.values())])
         folder = root / label / f"{Path(model).name}-{dtype}"
-        for entry in config["methods"]:
-            entry = {"method": entry} if isinstance(entry, str) else dict(entry)
-            _check_keys(f"method {entry.get('method')}", entry, METHOD_KEYS)
-            if model not in entry.get("models", [model]) or task["name"] not in entry.get("tasks", [task["name"]]):
+        for entry in _method_entries(config):
+            if model not in entry.get("models", [model]) or task not in entry.get("tasks", [task]):
                 continue
             for options in _option_sets(entry, f"method {entry['method']}"):
                 run = RunConfig(
-                    method=entry["method"], task=task["name"], model=model, dtype=dtype, draft=entry.get("draft"),
-                    options=options, **(common | task_settings),
-                )  # fmt: skip
-                suffix = settings_label({"options": options, "draft": run.draft})
-                suffix = suffix.replace("=", "").replace(" ", "_").replace("/", "_")
-                run.out = str(folder / (run.method + (f"-{suffix}" if suffix else "")))
+                    method=entry["method"], task=task, model=model, dtype=dtype, draft=entry.get("draft"),
+                    options=options, task_options=task_options, **(common | settings),
+                ).resolve()  # fmt: skip
                 if run.method == BASELINE:
                     continue  # the shared baseline
-                base = folder / BASELINE if run.baseline else None
-                out.append(Cell(run, base))
+                suffix = settings_label({"method": run.method, "options": options, "draft": entry.get("draft")})
+                suffix = suffix.replace("=", "").replace(" ", "_").replace("/", "_")
+                run = replace(run, out=str(folder / (run.method + (f"-{suffix}" if suffix else ""))))
+                out.append(Cell(run, folder / BASELINE if run.baseline else None))
     return out
 
 
@@ -132,11 +148,11 @@ def finished(cell: Cell) -> bool:
     root = Path(cell.config.out)
     if not (root / SUMMARY).exists() or not (root / MANIFEST).exists():
         return False
-    manifest = json.loads((root / MANIFEST).read_text())
-    stored = {k: v for k, v in manifest.get("config", {}).items() if k in cell.config.identity()}
-    if stored != json.loads(json.dumps(cell.config.identity())):
+    identity = cell.config.identity()
+    stored = {k: v for k, v in read_json(root / MANIFEST).get("config", {}).items() if k in identity}
+    if stored != json.loads(json.dumps(identity)):
         return False
-    summary = {s["role"]: s for s in json.loads((root / SUMMARY).read_text())}
+    summary = {s["role"]: s for s in read_json(root / SUMMARY)}
     samples = summary.get("method", {}).get("samples", 0)
     return cell.config.limit is not None and samples >= cell.config.limit
 
@@ -173,8 +189,6 @@ def run_sweep(
         check_installed()
     root = Path(out or config.get("out") or Path("runs") / "sweeps" / config.get("name", path.stem))
     todo = cells(config, root)
-    for cell in todo:
-        cell.config.validate()
     root.mkdir(parents=True, exist_ok=True)
     status: dict[str, Any] = {"config": str(path), "executor": executor, "cells": {}}
     pending = []
@@ -199,8 +213,8 @@ def run_sweep(
             status["cells"][key] = _run_local(cell, progress, echo, f"[{i}/{len(pending)}] {key}")
             if status["cells"][key]["status"] == "done":
                 break
-        _write(root / "sweep.json", status)
-    _write(root / "sweep.json", status)
+        write_json(root / "sweep.json", status)
+    write_json(root / "sweep.json", status)
     status["root"] = str(root)
     return status
 
@@ -209,7 +223,7 @@ def _run_local(cell: Cell, progress: bool, echo: Callable[[str], None], name: st
     from bench.runner import run
 
     try:
-        result = run(replace(cell.config), progress=progress, baseline_dir=cell.baseline_dir)
+        result = run(cell.config, progress=progress, baseline_dir=cell.baseline_dir)
     except (BenchError, RuntimeError, ValueError, OSError) as exc:  # one cell's failure does not stop the sweep
         reason = f"{type(exc).__name__}: {exc}"
         echo(f"{name}: FAILED ({reason})")
@@ -218,9 +232,3 @@ def _run_local(cell: Cell, progress: bool, echo: Callable[[str], None], name: st
     speedup = "-" if method.get("speedup") is None else f"{method['speedup']:.3f}"
     echo(f"{name}: tau {method['tau']:.3f}, speedup {speedup}")
     return {"status": "done"}
-
-
-def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)

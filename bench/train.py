@@ -5,19 +5,12 @@ Examples are built like evaluation prompts (the task's `prompt_ids`: the LLM's t
 the baseline); the target is the reference text plus the SLM's EOS in the SLM's tokenizer, and the loss is on
 answer tokens only. wmt trains on newstest2016 (runs evaluate newstest2014), cnndm on its validation split (runs
 evaluate test); the last `--eval-samples` examples of the training split are held out for the evaluation loss.
-
-A checkpoint folder holds `checkpoint.json` (config, step, wall time, the artifacts of the models it was trained
-for), the trainable weights, the optimizer and RNG state, and `history.csv` (train and eval loss per step). The
-baseline's folder is also a plain transformers model folder (LoRA merged), so `bench run --model DIR` loads it.
+The checkpoint folder's files are written and read back by `bench.checkpoint`.
 """
 
 from __future__ import annotations
 
-import copy
-import csv
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,33 +20,22 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench import models
-from bench.errors import BenchError
-from methods.llm2slm import (
-    LLM2SLM,
-    LORA,
-    MODES,
-    STATE_FILE,
-    TUNINGS,
-    WEIGHTS_FILE,
-    answer_loss,
-    check_artifact,
-    check_choice,
-    load_trainable,
-    read_record,
-    trainable_state,
-    tune,
-)
-from tasks.base import Sample, Task, get_task, read_jsonl
+from bench import checkpoint
+from bench.checkpoint import HISTORY_FILE, resume_record  # HISTORY_FILE: public here, for the CLI
+from core import models
+from core.errors import BenchError
+from core.models import LoadedModel
+from methods.llm2slm import LLM2SLM, MODES, TUNINGS, answer_loss, check_artifact, check_choice, tune
+from tasks.base import TASKS, Sample, Task
 from tasks.cnndm import TEMPLATE as CNNDM_TEMPLATE
-from tasks.wmt import WMT
+from tasks.sources import SOURCES, load_rows
+from tasks.wmt import WMT, WMTOptions
+
+__all__ = ["HISTORY_FILE", "TrainConfig", "TrainResult", "train"]
 
 KINDS = ("llm2slm", "slm")
 TRAIN_SPLITS = {"wmt": "newstest2016", "cnndm": "validation"}
 WARMUP_STEPS = 10  # linear learning-rate warm-up, then constant (so a run can be extended with more --steps)
-OPTIMIZER_FILE = "optimizer.pt"
-HISTORY_FILE = "history.csv"
-HISTORY_FIELDS = ("step", "train_loss", "eval_loss", "elapsed_s")
 
 
 @dataclass
@@ -82,6 +64,7 @@ class TrainConfig:
     threads: int | None = None
 
     def validate(self) -> None:
+        """Refuse values that cannot train, each with a message naming its flag."""
         check_choice("kind", self.kind, KINDS)
         for name in ("steps", "batch_size", "max_prompt_tokens", "max_answer_tokens", "save_every", "threads"):
             value = getattr(self, name)
@@ -101,6 +84,7 @@ class TrainConfig:
             raise BenchError("--slm-tuning frozen leaves nothing to train in the slm baseline")
 
     def identity(self) -> dict[str, Any]:
+        """The fields a resumed run must share with its checkpoint."""
         d = asdict(self)
         for k in ("steps", "eval_every", "save_every", "threads", "data_dir", "out"):
             d.pop(k)
@@ -109,12 +93,16 @@ class TrainConfig:
 
 @dataclass
 class Example:
+    """One training example: the prompt the model reads and the answer it learns."""
+
     prompt: list[int]  # the task's prompt in the prompt tokenizer (the LLM's for llm2slm, the SLM's alone)
     answer: list[int]  # the reference in the SLM's tokenizer, then its EOS
 
 
 @dataclass
 class TrainResult:
+    """What `train` returns: the checkpoint folder, the step reached, the loss history and the model."""
+
     out: Path
     step: int
     history: list[dict[str, Any]]
@@ -125,33 +113,22 @@ def training_samples(config: TrainConfig) -> tuple[Task, list[Sample]]:
     """The task (for its prompt format) and its training split's samples; never its evaluation split."""
     split = config.train_split
     if config.task == "wmt":
-        task = WMT(config.data_dir, split=split)
+        task = WMT(config.data_dir, WMTOptions(split=split))
         if task.year == 2014:
             raise BenchError("newstest2014 is the wmt evaluation split; train on newstest2016")
         return task, task.load()
     if split == "test":
         raise BenchError("test is the cnndm evaluation split; train on validation or train")
-    task = get_task("cnndm")(config.data_dir)
-    rows = _cnndm_rows(task.data_dir, split)
+    task = TASKS.get("cnndm")(config.data_dir)
+    source = f"cnndm-{split}"
+    if source not in SOURCES:
+        raise BenchError(f"unknown cnndm training split {split!r}; train on validation or train")
+    rows = load_rows(source, task.data_dir)
     samples = [
         Sample(str(r.get("id", i)), CNNDM_TEMPLATE.format(article=r["article"]), reference=r["highlights"])
         for i, r in enumerate(rows)
     ]
     return task, samples
-
-
-def _cnndm_rows(data_dir: Path | None, split: str) -> list[dict[str, Any]]:
-    if data_dir is not None:
-        return read_jsonl(data_dir / "cnn_dailymail" / f"{split}.jsonl", ("article", "highlights"))
-    try:
-        from datasets import load_dataset
-
-        return list(load_dataset("cnn_dailymail", "3.0.0", split=split))
-    except Exception as exc:
-        raise BenchError(
-            f"could not load cnn_dailymail 3.0.0 {split} from the hub ({type(exc).__name__}); "
-            f"pass --data-dir with cnn_dailymail/{split}.jsonl"
-        ) from exc
 
 
 def build_examples(
@@ -215,66 +192,110 @@ def make_loss(model: Any, examples: list[Example], cache: FeatureCache | None) -
     return loss
 
 
-@torch.no_grad()
-def evaluate(model: Any, loss: Callable, n: int, batch: int) -> float:
-    """Mean loss per answer token over the held-out examples."""
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, n, batch):
-        s, c = loss(list(range(start, min(start + batch, n))))
-        total, count = total + float(s), count + c
-    model.train()
-    return total / count
+def load_models(config: TrainConfig, record: dict[str, Any] | None) -> tuple[LoadedModel | None, LoadedModel]:
+    """The LLM (None for the baseline) and the SLM, checked against the checkpoint `record` being resumed."""
+    slm = models.load(config.slm)
+    llm = models.load(config.llm) if config.kind == "llm2slm" else None
+    if record is not None:
+        check_artifact(record["slm_artifact"], slm.artifact, "SLM")
+        if llm is not None:
+            check_artifact(record["llm_artifact"], llm.artifact, "LLM")
+    if slm.tokenizer.eos_token_id is None:
+        raise BenchError(f"the SLM {config.slm} has no EOS token to end its answers with")
+    return llm, slm
 
 
-def resume_record(out: Path, config: TrainConfig) -> dict[str, Any] | None:
-    """The checkpoint to continue in `out` (None for a new run); a different config is refused."""
-    if not (out / STATE_FILE).exists():
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise BenchError(f"{out} exists and is not a bench train checkpoint; choose a new --out")
-        return None
-    record = read_record(out, kind=None)
-    ours, theirs = config.identity(), record["config"]
-    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-    if differ:
-        raise BenchError(f"{out} holds a checkpoint with a different config ({', '.join(differ)}); use another --out")
-    return record
+@dataclass
+class Run:
+    """A training run: the model and its optimizer, the losses of its examples, and how far it has got."""
+
+    config: TrainConfig
+    out: Path
+    model: Any  # the LLM2SLM, or the SLM for the baseline
+    optimizer: torch.optim.Optimizer
+    train_loss: Callable  # training example indices -> (summed answer-token loss, answer tokens)
+    eval_loss: Callable  # the same for held-out example indices
+    n_train: int
+    n_eval: int
+    record: dict[str, Any]  # the checkpoint record's fields that stay the same over the run
+    export: Any  # the SLM's tokenizer for the baseline (its checkpoint is also a model folder), else None
+    step: int
+    history: list[dict[str, Any]]
+    started: float  # the perf_counter() of wall time 0 (training: features, steps, evaluations, saves)
+
+    def elapsed(self) -> float:
+        """The run's wall time so far, over resumes."""
+        return time.perf_counter() - self.started
+
+    @torch.no_grad()
+    def held_out_loss(self) -> float:
+        """The mean loss per answer token of the held-out examples."""
+        self.model.eval()
+        total, count, batch = 0.0, 0, self.config.batch_size
+        for start in range(0, self.n_eval, batch):
+            s, c = self.eval_loss(list(range(start, min(start + batch, self.n_eval))))
+            total, count = total + float(s), count + c
+        self.model.train()
+        return total / count
+
+    def train_step(self) -> float:
+        """One optimizer step at the warm-up learning rate; returns its training loss."""
+        config = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, (self.step + 1) / WARMUP_STEPS)
+        total, count = self.train_loss(batch_indices(self.n_train, config.batch_size, self.step, config.seed))
+        loss = total / count
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]], 1.0)
+        self.optimizer.step()
+        self.step += 1
+        return loss.item()
+
+    def advance(self) -> dict[str, Any]:
+        """Train one step, then evaluate if due (every --eval-every steps, and after the last); its history row."""
+        config = self.config
+        train_loss = self.train_step()
+        row = {"step": self.step, "train_loss": train_loss, "eval_loss": None}
+        due = self.step == config.steps or (config.eval_every and self.step % config.eval_every == 0)
+        if self.n_eval and due:
+            row["eval_loss"] = self.held_out_loss()
+        row["elapsed_s"] = self.elapsed()
+        self.history.append(row)
+        return row
+
+    def save_if_due(self) -> None:
+        """Write a checkpoint every --save-every steps and after the last."""
+        if self.step % self.config.save_every == 0 or self.step == self.config.steps:
+            record = self.record | {"step": self.step, "wall_s": self.elapsed()}
+            checkpoint.save(self.out, self.model, self.optimizer, record, self.history, self.export)
 
 
-def _replace(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file and rename, so a crash leaves the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def read_history(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: int(r[k]) if k == "step" else float(r[k]) if r[k] else None for k in HISTORY_FIELDS} for r in rows]
-
-
-def save(out: Path, model: Any, optimizer: torch.optim.Optimizer, record: dict, history: list, export: Any) -> None:
-    """Write a checkpoint (the record last); `export`: the SLM's tokenizer, to also write a plain model folder."""
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    state = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
-    _replace(out / OPTIMIZER_FILE, lambda p: torch.save(state, p))
-    _replace(out / HISTORY_FILE, lambda p: write_history(p, history))
-    _replace(out / WEIGHTS_FILE, lambda p: save_file(trainable_state(model), p))
-    if export is not None:
-        plain = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
-        plain.save_pretrained(out)
-        export.save_pretrained(out)
-    _replace(out / STATE_FILE, lambda p: p.write_text(json.dumps(record, indent=1)))
+def prepare(config: TrainConfig, out: Path, record: dict[str, Any] | None) -> Run:
+    """Load the data and the models, build the model to train and its optimizer, and restore the state of the
+    checkpoint `record` (None: a new run)."""
+    task, samples = training_samples(config)
+    if config.eval_samples >= len(samples):
+        raise BenchError(f"--eval-samples {config.eval_samples} leaves no training data ({len(samples)} samples)")
+    held_out, samples = samples[len(samples) - config.eval_samples :], samples[: len(samples) - config.eval_samples]
+    llm, slm = load_models(config, record)
+    torch.manual_seed(config.seed)
+    model = LLM2SLM(llm, slm, config.mode, config.slm_tuning) if llm else tune(slm.model, config.slm_tuning)
+    prompt_tokenizer, eos = llm.tokenizer if llm else slm.tokenizer, slm.tokenizer.eos_token_id
+    train_ex, skipped = build_examples(task, samples, prompt_tokenizer, slm.tokenizer, eos, config)
+    eval_ex, eval_skipped = build_examples(task, held_out, prompt_tokenizer, slm.tokenizer, eos, config)
+    if not train_ex:
+        raise BenchError(f"no training example has a prompt within --max-prompt-tokens {config.max_prompt_tokens}")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
+    examples = {"train": len(train_ex), "held_out": len(eval_ex), "skipped_long": skipped + eval_skipped}
+    fixed = checkpoint.new_record(config, llm.artifact if llm else None, slm.artifact, examples)
+    losses = [make_loss(model, ex, FeatureCache(model, ex) if llm else None) for ex in (train_ex, eval_ex)]
+    export = slm.tokenizer if config.kind == "slm" else None
+    step, wall, history = checkpoint.restore(out, record, model, optimizer) if record else (0, 0.0, [])
+    started = time.perf_counter() - wall
+    return Run(
+        config, out, model, optimizer, *losses, len(train_ex), len(eval_ex), fixed, export, step, history, started
+    )
 
 
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
@@ -285,59 +306,18 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     record = resume_record(out, config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    task, samples = training_samples(config)
-    if config.eval_samples >= len(samples):
-        raise BenchError(f"--eval-samples {config.eval_samples} leaves no training data ({len(samples)} samples)")
-    held_out, samples = samples[len(samples) - config.eval_samples :], samples[: len(samples) - config.eval_samples]
+    run = prepare(config, out, record)
+    run.model.train()
+    if run.step == 0 and run.n_eval:  # a new run: the held-out loss before the first step
+        first = run.held_out_loss()
+        run.history.append({"step": 0, "train_loss": None, "eval_loss": first, "elapsed_s": run.elapsed()})
+    run_steps(run, progress)
+    run.model.eval()
+    return TrainResult(out, run.step, run.history, run.model)
 
-    slm = models.load(config.slm)
-    llm = models.load(config.llm) if config.kind == "llm2slm" else None
-    if record is not None:
-        check_artifact(record["slm_artifact"], slm.artifact, "SLM")
-        if llm is not None:
-            check_artifact(record["llm_artifact"], llm.artifact, "LLM")
-    eos = slm.tokenizer.eos_token_id
-    if eos is None:
-        raise BenchError(f"the SLM {config.slm} has no EOS token to end its answers with")
-    torch.manual_seed(config.seed)
-    model = LLM2SLM(llm, slm, config.mode, config.slm_tuning) if llm else tune(slm.model, config.slm_tuning)
-    prompt_tokenizer = llm.tokenizer if llm else slm.tokenizer
-    train_ex, skipped = build_examples(task, samples, prompt_tokenizer, slm.tokenizer, eos, config)
-    eval_ex, eval_skipped = build_examples(task, held_out, prompt_tokenizer, slm.tokenizer, eos, config)
-    if not train_ex:
-        raise BenchError(f"no training example has a prompt within --max-prompt-tokens {config.max_prompt_tokens}")
-    train_loss = make_loss(model, train_ex, FeatureCache(model, train_ex) if llm else None)
-    eval_loss = make_loss(model, eval_ex, FeatureCache(model, eval_ex) if llm else None)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    step, wall, history = 0, 0.0, []
-    if record is not None:
-        from safetensors.torch import load_file
-
-        load_trainable(model, load_file(out / WEIGHTS_FILE))
-        saved = torch.load(out / OPTIMIZER_FILE, weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"])
-        step, wall, history = record["step"], record["wall_s"], read_history(out / HISTORY_FILE)
-    t0 = time.perf_counter() - wall  # wall time of training (features, steps, evaluations, saves), over resumes
-    base = {
-        "format": 1,
-        "kind": config.kind,
-        "config": config.identity(),
-        "llm_artifact": llm.artifact if llm else None,
-        "slm_artifact": slm.artifact,
-        "lora": LORA if config.slm_tuning == "lora" else None,
-        "examples": {"train": len(train_ex), "held_out": len(eval_ex), "skipped_long": skipped + eval_skipped},
-        "history": HISTORY_FILE,
-    }
-    export = slm.tokenizer if config.kind == "slm" else None
-
-    model.train()
-    if step == 0 and eval_ex:
-        first = evaluate(model, eval_loss, len(eval_ex), config.batch_size)
-        history.append({"step": 0, "train_loss": None, "eval_loss": first})
-        history[-1]["elapsed_s"] = time.perf_counter() - t0
+def run_steps(run: Run, progress: bool) -> None:
+    """Train up to `config.steps`, evaluating and saving when due, behind a progress bar (when `progress`)."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -346,32 +326,19 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    last_eval = next((r["eval_loss"] for r in reversed(history) if r["eval_loss"] is not None), None)
+    config = run.config
+    last_eval = next((r["eval_loss"] for r in reversed(run.history) if r["eval_loss"] is not None), None)
     with Progress(*columns, disable=not progress) as bar:
-        job = bar.add_task(f"train {config.kind}", total=config.steps, completed=step, loss="-", eval=_fmt(last_eval))
-        while step < config.steps:
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * min(1.0, (step + 1) / WARMUP_STEPS)
-            total, count = train_loss(batch_indices(len(train_ex), config.batch_size, step, config.seed))
-            loss = total / count
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            step += 1
-            row = {"step": step, "train_loss": loss.item(), "eval_loss": None}
-            if eval_ex and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
-                row["eval_loss"] = evaluate(model, eval_loss, len(eval_ex), config.batch_size)
-                bar.console.print(f"step {step}: train loss {row['train_loss']:.4f}, eval loss {row['eval_loss']:.4f}")
-            row["elapsed_s"] = time.perf_counter() - t0
-            history.append(row)
-            last_eval = last_eval if row["eval_loss"] is None else row["eval_loss"]
+        job = bar.add_task(
+            f"train {config.kind}", total=config.steps, completed=run.step, loss="-", eval=_fmt(last_eval)
+        )
+        while run.step < config.steps:
+            row = run.advance()
+            if row["eval_loss"] is not None:
+                last_eval = row["eval_loss"]
+                bar.console.print(f"step {run.step}: train loss {row['train_loss']:.4f}, eval loss {last_eval:.4f}")
             bar.update(job, advance=1, loss=_fmt(row["train_loss"]), eval=_fmt(last_eval))
-            if step % config.save_every == 0 or step == config.steps:
-                record = base | {"step": step, "wall_s": time.perf_counter() - t0}
-                save(out, model, optimizer, record, history, export)
-    model.eval()
-    return TrainResult(out, step, history, model)
+            run.save_if_due()
 
 
 def _fmt(value: float | None) -> str:

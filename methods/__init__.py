@@ -1,3 +1,1 @@
-"""Decoding methods. Importing this package registers every method in `methods.base.METHODS`."""
-
-from methods import ar, hf, llm2slm, lookahead, pld, speculative  # noqa: F401
+"""Decoding methods, one module each; `methods.base.METHODS` finds them (and entry-point plugins) on first lookup."""

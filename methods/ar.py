@@ -5,16 +5,13 @@ Every speedup in the harness is measured against this method.
 
 from __future__ import annotations
 
-from bench.timing import Timer
-from methods.base import Decoded, Method, register
-from methods.decode import StopRule, verify_loop
+from methods.base import DraftingMethod, register
 
 
 @register
-class Autoregressive(Method):
+class Autoregressive(DraftingMethod):
     name = "ar"
     description = "autoregressive decoding, greedy or sampling, our KV-cache loop (the baseline)"
 
-    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
-        result = verify_loop(self.target.model, prompt_ids, stop, timer, sampler=self.sampler)
-        return Decoded(result.tokens, result.accepted, timer.read())
+    def drafter(self) -> None:
+        return None

@@ -1,16 +1,18 @@
-"""The method interface, its result type, and the registry that `bench run --method` looks names up in."""
+"""The method interface, its result type, the base of every method built on the decode engine, and the method
+registry that `bench run --method` looks names up in."""
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from bench.errors import BenchError
-from bench.models import LoadedModel
-from bench.timing import Timer, Timing
-from methods.decode import Sampler, StopRule
+from core.errors import BenchError
+from core.models import LoadedModel
+from core.options import Options
+from core.registry import Registry
+from core.timing import Timer, Timing
+from methods.decode import Drafter, Sampler, StopRule, verify_loop
 
 
 @dataclass
@@ -30,26 +32,34 @@ class Decoded:
 
 
 class Method(ABC):
-    """A decoding method bound to a target model. Subclasses declare their options as keyword arguments."""
+    """A decoding method bound to a target model, with its resolved options (an `Options` dataclass)."""
 
     name: ClassVar[str]
     description: ClassVar[str]
+    family: ClassVar[str] = ""  # groups methods that share options (the `bench run --help` panel); default: name
+    Options: ClassVar[type[Options]] = Options
     lossless: ClassVar[bool] = True  # greedy output must equal autoregressive greedy output
+    uses_draft: ClassVar[bool] = False  # needs a draft model (`--draft`)
 
-    def __init__(self, target: LoadedModel, sampler: Sampler | None, **options: Any) -> None:
-        self.check_options(set(options))
+    def __init__(self, target: LoadedModel, sampler: Sampler | None, options: Options | None = None,
+                 draft: LoadedModel | None = None) -> None:  # fmt: skip
         self.target = target
         self.sampler = sampler
+        self.options = options if options is not None else self.Options()
+        self.draft = draft
+        if self.uses_draft and draft is None:
+            raise BenchError(f"{self.name} needs a draft model: --draft PRESET|HF-ID|PATH")
 
     @classmethod
-    def check_options(cls, names: set[str]) -> None:
-        """Refuse options this method does not take, before any model is loaded."""
-        params = inspect.signature(cls.__init__).parameters
-        known = {n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD} - {"self", "target", "sampler"}
-        unknown = sorted(names - known)
-        if unknown:
-            flags = ", ".join("--" + n.replace("_", "-") for n in unknown)
-            raise BenchError(f"method {cls.name} does not take {flags}")
+    def create(cls, target: LoadedModel, sampler: Sampler | None = None, options: dict[str, Any] | None = None,
+               draft: LoadedModel | None = None) -> Method:  # fmt: skip
+        """An instance with its options given by name, resolved against the method's schema."""
+        return cls(target, sampler, cls.Options.resolve(options or {}, cls.name), draft)
+
+    @classmethod
+    def default_model(cls, options: Options) -> str | None:
+        """The target model these options imply when `--model` is not given (None: the harness default)."""
+        return None
 
     @property
     def output_tokenizer(self) -> Any:
@@ -65,17 +75,19 @@ class Method(ABC):
         """Generate a continuation of `prompt_ids` until `stop` ends it, marking `timer` along the way."""
 
 
-METHODS: dict[str, type[Method]] = {}
+class DraftingMethod(Method):
+    """A method on the shared engine (`methods.decode.verify_loop`): a subclass gives its options and a drafter."""
+
+    @abstractmethod
+    def drafter(self) -> Drafter | None:
+        """A fresh drafter for one generation (None: autoregressive decoding)."""
+
+    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
+        drafter = self.drafter()
+        result = verify_loop(self.target.model, prompt_ids, stop, timer, drafter, self.sampler)
+        forwards = drafter.draft_forwards if drafter is not None else 0
+        return Decoded(result.tokens, result.accepted, timer.read(), draft_forwards=forwards)
 
 
-def register(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
-    return cls
-
-
-def get_method(name: str) -> type[Method]:
-    import methods  # noqa: F401  (registers every method module)
-
-    if name not in METHODS:
-        raise BenchError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+METHODS: Registry[Method] = Registry("method", "methods", "decodebench.methods")
+register = METHODS.register

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from bench.timing import Timer
+from core.timing import Timer
 from methods.kvcache import keep, new_cache
 
 

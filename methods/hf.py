@@ -4,15 +4,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from bench.errors import BenchError
-from bench.models import LoadedModel
-from bench.timing import Timer
+from core.options import Options, option
+from core.timing import Timer
 from methods.base import Decoded, Method, register
 from methods.decode import StopRule
 
@@ -113,33 +113,40 @@ class HFGenerate(_Generate):
     description = "transformers generate() (greedy or sampling), external reference"
 
 
+@dataclass(frozen=True)
+class AssistedOptions(Options):
+    num_draft: int | None = option(None, "draft tokens per step (None: transformers' schedule)", min=1, label="k")
+
+
 @register
 class HFAssisted(_Generate):
     name = "hf-assisted"
     description = "transformers assisted generation with a draft model (external reference for speculative)"
-
-    def __init__(self, target, sampler, draft: LoadedModel | None = None, num_draft: int | None = None, **options):
-        super().__init__(target, sampler, **options)
-        if draft is None:
-            raise BenchError("hf-assisted needs a draft model: --draft PRESET|HF-ID|PATH")
-        self.draft, self.num_draft = draft, num_draft
+    family = "draft model"
+    Options = AssistedOptions
+    uses_draft = True
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"assistant_model": self.draft.model}
-        if self.num_draft is not None:  # else transformers' own default schedule
-            self.draft.model.generation_config.num_assistant_tokens = self.num_draft
+        if self.options.num_draft is not None:  # else transformers' own default schedule
+            self.draft.model.generation_config.num_assistant_tokens = self.options.num_draft
             self.draft.model.generation_config.num_assistant_tokens_schedule = "constant"
         return kwargs
+
+
+@dataclass(frozen=True)
+class HFPromptLookupOptions(Options):
+    num_candidates: int = option(10, "candidate tokens per step", min=1, label="candidates")
+    max_ngram: int = option(2, "largest n-gram to match", min=1)
 
 
 @register
 class HFPromptLookup(_Generate):
     name = "hf-pld"
     description = "transformers prompt_lookup_num_tokens (external reference for pld)"
-
-    def __init__(self, target, sampler, num_candidates: int = 10, max_ngram: int = 2, **options) -> None:
-        super().__init__(target, sampler, **options)
-        self.num_candidates, self.max_ngram = num_candidates, max_ngram
+    family = "prompt lookup"
+    Options = HFPromptLookupOptions
 
     def generate_kwargs(self) -> dict[str, Any]:
-        return {"prompt_lookup_num_tokens": self.num_candidates, "max_matching_ngram_size": self.max_ngram}
+        o = self.options
+        return {"prompt_lookup_num_tokens": o.num_candidates, "max_matching_ngram_size": o.max_ngram}

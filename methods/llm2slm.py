@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import models
-from bench.errors import BenchError
-from bench.models import LoadedModel
-from bench.timing import Timer, Timing
+from core import models
+from core.errors import BenchError
+from core.models import LoadedModel
+from core.options import Options, option
+from core.timing import Timer, Timing
 from methods.base import Decoded, Method, register
 from methods.decode import Sampler, StopRule
 from methods.kvcache import new_cache
@@ -277,6 +279,15 @@ def load_checkpoint(path: str | Path, llm: LoadedModel) -> LLM2SLM:
     return model.for_inference()
 
 
+@dataclass(frozen=True)
+class LLMToSLMOptions(Options):
+    checkpoint: str | None = option(None, "a `bench train llm2slm` checkpoint folder (its LLM is the default --model)")
+
+    def check(self, owner: str) -> None:
+        if self.checkpoint is None:
+            raise BenchError("method llm2slm needs --checkpoint (a folder written by `bench train llm2slm`)")
+
+
 @register
 class LLMToSLM(Method):
     """LLM-to-SLM decoding with a `bench train llm2slm` checkpoint; the target (`--model`) is the LLM.
@@ -287,13 +298,17 @@ class LLMToSLM(Method):
 
     name = "llm2slm"
     description = "LLM-to-SLM: the LLM encodes the prompt once, a fine-tuned small model generates (--checkpoint)"
+    Options = LLMToSLMOptions
     lossless = False
 
-    def __init__(self, target: LoadedModel, sampler: Sampler | None, checkpoint: str | None = None) -> None:
-        super().__init__(target, sampler)
-        if checkpoint is None:
-            raise BenchError("method llm2slm needs --checkpoint (a folder written by `bench train llm2slm`)")
-        self.model = load_checkpoint(checkpoint, target)
+    def __init__(self, target: LoadedModel, sampler: Sampler | None, options: LLMToSLMOptions | None = None,
+                 draft: LoadedModel | None = None) -> None:  # fmt: skip
+        super().__init__(target, sampler, options, draft)
+        self.model = load_checkpoint(self.options.checkpoint, target)
+
+    @classmethod
+    def default_model(cls, options: LLMToSLMOptions) -> str | None:
+        return checkpoint_llm(options.checkpoint)
 
     @property
     def output_tokenizer(self) -> Any:

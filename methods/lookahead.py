@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 
-from bench.errors import BenchError
-from bench.timing import Timer
-from methods.base import Decoded, Method, register
-from methods.decode import Draft, StopRule, verify_loop
+from core.options import Options, option
+from methods.base import DraftingMethod, register
+from methods.decode import Draft
 
 
 def window_mask(levels: int, width: int) -> torch.Tensor:
@@ -113,36 +113,41 @@ class JacobiDrafter:
         self.guess = (refined + self.guess[len(refined) :])[: self.W] if refined else []
 
 
+def _window() -> int:
+    return option(5, "Jacobi window size W", flags=("-W",), min=1, label="W")
+
+
+@dataclass(frozen=True)
+class LookaheadOptions(Options):
+    window: int = _window()
+    ngram: int = option(3, "n-gram size N", flags=("-N",), min=2, label="N")
+    guess: int = option(5, "candidate n-grams verified per step G", flags=("-G",), min=0, label="G")
+    prompt_ngrams: bool = option(True, "seed the n-gram pool with the prompt's n-grams")
+
+
+@dataclass(frozen=True)
+class JacobiOptions(Options):
+    window: int = _window()
+
+
 @register
-class Lookahead(Method):
+class Lookahead(DraftingMethod):
     name = "lookahead"
     description = "Lookahead decoding: Jacobi window W, n-gram size N, G guesses, one forward per step (lossless)"
+    family = "lookahead"
+    Options = LookaheadOptions
 
-    def __init__(self, target, sampler, window: int = 5, ngram: int = 3, guess: int = 5, prompt_ngrams: bool = True,
-                 **options) -> None:  # fmt: skip
-        super().__init__(target, sampler, **options)
-        if window < 1 or ngram < 2 or guess < 0:
-            raise BenchError(f"lookahead needs W >= 1, N >= 2, G >= 0 (got W={window}, N={ngram}, G={guess})")
-        self.window, self.ngram, self.guess, self.prompt_ngrams = window, ngram, guess, prompt_ngrams
-
-    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
-        drafter = LookaheadDrafter(self.window, self.ngram, self.guess, self.prompt_ngrams)
-        result = verify_loop(self.target.model, prompt_ids, stop, timer, drafter, self.sampler)
-        return Decoded(result.tokens, result.accepted, timer.read())
+    def drafter(self) -> LookaheadDrafter:
+        o = self.options
+        return LookaheadDrafter(o.window, o.ngram, o.guess, o.prompt_ngrams)
 
 
 @register
-class Jacobi(Method):
+class Jacobi(DraftingMethod):
     name = "jacobi"
     description = "plain Jacobi decoding of a W-token guess (the lookahead branch alone; lossless)"
+    family = "lookahead"
+    Options = JacobiOptions
 
-    def __init__(self, target, sampler, window: int = 5, **options) -> None:
-        super().__init__(target, sampler, **options)
-        if window < 1:
-            raise BenchError(f"jacobi needs W >= 1 (got W={window})")
-        self.window = window
-
-    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
-        drafter = JacobiDrafter(self.window)
-        result = verify_loop(self.target.model, prompt_ids, stop, timer, drafter, self.sampler)
-        return Decoded(result.tokens, result.accepted, timer.read())
+    def drafter(self) -> JacobiDrafter:
+        return JacobiDrafter(self.options.window)

@@ -3,12 +3,13 @@ occurrence of the context's last n-gram (n from `max_ngram` down to 1) in the pr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from bench.errors import BenchError
-from bench.timing import Timer
-from methods.base import Decoded, Method, register
-from methods.decode import Draft, StopRule, verify_loop
+from core.options import Options, option
+from methods.base import DraftingMethod, register
+from methods.decode import Draft
 
 
 class PromptLookupDrafter:
@@ -36,18 +37,18 @@ class PromptLookupDrafter:
         pass
 
 
+@dataclass(frozen=True)
+class PromptLookupOptions(Options):
+    max_ngram: int = option(3, "largest n-gram to match", min=1)
+    num_candidates: int = option(10, "candidate tokens per step", min=1, label="candidates")
+
+
 @register
-class PromptLookup(Method):
+class PromptLookup(DraftingMethod):
     name = "pld"
     description = "prompt-lookup decoding: n-gram match in prompt + output, verified in one forward (lossless)"
+    family = "prompt lookup"
+    Options = PromptLookupOptions
 
-    def __init__(self, target, sampler, max_ngram: int = 3, num_candidates: int = 10, **options) -> None:
-        super().__init__(target, sampler, **options)
-        if max_ngram < 1 or num_candidates < 1:
-            raise BenchError("pld needs --max-ngram >= 1 and --num-candidates >= 1")
-        self.max_ngram, self.num_candidates = max_ngram, num_candidates
-
-    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
-        drafter = PromptLookupDrafter(self.max_ngram, self.num_candidates)
-        result = verify_loop(self.target.model, prompt_ids, stop, timer, drafter, self.sampler)
-        return Decoded(result.tokens, result.accepted, timer.read())
+    def drafter(self) -> PromptLookupDrafter:
+        return PromptLookupDrafter(self.options.max_ngram, self.options.num_candidates)

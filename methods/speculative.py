@@ -7,13 +7,15 @@ distribution. k is fixed or adapted (+2 after a fully accepted draft, -1 otherwi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from bench.errors import BenchError
-from bench.models import LoadedModel
-from bench.timing import Timer
-from methods.base import Decoded, Method, register
-from methods.decode import Draft, Sampler, StopRule, verify_loop
+from core.errors import BenchError
+from core.models import LoadedModel
+from core.options import Options, option
+from methods.base import DraftingMethod, register
+from methods.decode import Draft, Sampler
 from methods.kvcache import new_cache
 
 
@@ -73,29 +75,24 @@ def check_same_tokenizer(target: LoadedModel, draft: LoadedModel) -> None:
         )
 
 
+@dataclass(frozen=True)
+class SpeculativeOptions(Options):
+    num_draft: int = option(5, "draft tokens per step (k)", min=1, label="k")
+    adaptive: bool = option(False, "adapt the draft length: +2 after a fully accepted draft, -1 otherwise")
+
+
 @register
-class Speculative(Method):
+class Speculative(DraftingMethod):
     name = "speculative"
     description = "draft-model speculative decoding, greedy or rejection-sampling verification (lossless)"
+    family = "draft model"
+    Options = SpeculativeOptions
+    uses_draft = True
 
-    def __init__(
-        self,
-        target,
-        sampler,
-        draft: LoadedModel | None = None,
-        num_draft: int = 5,
-        adaptive: bool = False,
-        **options,
-    ) -> None:
-        super().__init__(target, sampler, **options)
-        if draft is None:
-            raise BenchError("speculative needs a draft model: --draft PRESET|HF-ID|PATH")
-        if num_draft < 1:
-            raise BenchError(f"--num-draft must be at least 1 (got {num_draft})")
-        check_same_tokenizer(target, draft)
-        self.draft, self.num_draft, self.adaptive = draft, num_draft, adaptive
+    def __init__(self, target: LoadedModel, sampler: Sampler | None, options: SpeculativeOptions | None = None,
+                 draft: LoadedModel | None = None) -> None:  # fmt: skip
+        super().__init__(target, sampler, options, draft)
+        check_same_tokenizer(target, self.draft)
 
-    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
-        drafter = DraftModelDrafter(self.draft, self.num_draft, self.adaptive, self.sampler)
-        result = verify_loop(self.target.model, prompt_ids, stop, timer, drafter, self.sampler)
-        return Decoded(result.tokens, result.accepted, timer.read(), draft_forwards=drafter.draft_forwards)
+    def drafter(self) -> DraftModelDrafter:
+        return DraftModelDrafter(self.draft, self.options.num_draft, self.options.adaptive, self.sampler)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.cli import method_options
 from bench.runner import RunConfig, run
 
 PRESETS = {
@@ -53,7 +52,7 @@ def main() -> None:
             config = RunConfig(
                 method=method, task=task, model=p["model"], draft=p["draft"] if "assist" in method or "spec" in method
                 else None, dtype=p["dtype"], limit=args.limit or p["limit"], max_new_tokens=p["max_new_tokens"],
-                options=method_options(**options), out=str(Path(args.out) / args.preset / task / name),
+                options=options, out=str(Path(args.out) / args.preset / task / name),
                 turns=1,  # first turns of multi-turn tasks, as in the papers' speed tables
             )  # fmt: skip
             base, result = run(config).summaries

@@ -10,22 +10,23 @@ import argparse
 import os
 import time
 
-from bench import models
-from bench.timing import NullTimer, Timer
+from core import models
+from core.presets import DEFAULT_MODEL
+from core.timing import NullTimer, Timer
 from methods.ar import Autoregressive
 from methods.decode import StopRule
-from tasks.base import get_task
+from tasks.base import TASKS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=models.DEFAULT_MODEL)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     target = models.load(args.model)
-    task = get_task("mtbench")(os.environ.get("DECODEBENCH_DATA"))
+    task = TASKS.get("mtbench")(os.environ.get("DECODEBENCH_DATA"))
     prompts = [task.prompt_ids(s, target.tokenizer) for s in task.load(args.prompts)]
     method = Autoregressive(target, None)
     stop = StopRule(args.max_new_tokens)  # no EOS: every generation has the same length

@@ -1,16 +1,17 @@
-"""The task interface, data-folder resolution and the registry that `bench run --task` looks names up in."""
+"""The task interface (samples, prompts, stop strings, declared metrics, options) and the task registry."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench.errors import BenchError
+from core.errors import BenchError
+from core.metrics import Metric
+from core.options import Options
+from core.registry import Registry
 
 DATA_ENV = "DECODEBENCH_DATA"
 
@@ -25,15 +26,26 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TaskOptions(Options):
+    """Options of a task (`--split`, `--subset`, ...); the base has none."""
+
+    kind: ClassVar[str] = "task"
+
+
 class Task(ABC):
-    """A registered evaluation task: loads samples, builds prompts, defines stop strings, scores outputs."""
+    """A registered evaluation task: loads samples, builds prompts, defines stop strings, declares and scores its
+    quality metrics."""
 
     name: ClassVar[str]
     description: ClassVar[str]
+    Options: ClassVar[type[TaskOptions]] = TaskOptions
+    metrics: ClassVar[tuple[Metric, ...]] = ()
     stop_strings: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, data_dir: str | Path | None = None) -> None:
+    def __init__(self, data_dir: str | Path | None = None, options: TaskOptions | None = None) -> None:
         self.data_dir = resolve_data_dir(data_dir)
+        self.options = options if options is not None else self.Options()
 
     @abstractmethod
     def load(self, limit: int | None = None) -> list[Sample]:
@@ -49,8 +61,19 @@ class Task(ABC):
         return encode_prompt(tokenizer, self.turns(sample)[len(history)], history)
 
     def score(self, samples: list[Sample], outputs: list[str]) -> dict[str, float]:
-        """Quality metrics over the outputs (empty for tasks judged only by exactness)."""
-        return {}
+        """The declared metrics over the outputs: the mean of `score_sample` (tasks with corpus metrics override)."""
+        if not samples or not self.metrics:
+            return {}
+        per_sample = [self.score_sample(s, o) for s, o in zip(samples, outputs, strict=True)]
+        return {m.name: sum(p[m.name] for p in per_sample) / len(per_sample) for m in self.metrics}
+
+    def score_sample(self, sample: Sample, output: str) -> dict[str, float]:
+        """The "mean" metrics of one output."""
+        raise NotImplementedError(f"task {self.name} declares metrics but scores no sample")
+
+
+TASKS: Registry[Task] = Registry("task", "tasks", "decodebench.tasks")
+register = TASKS.register
 
 
 def encode_prompt(tokenizer: Any, text: str, history: list[tuple[str, str]] = ()) -> list[int]:
@@ -76,43 +99,3 @@ def resolve_data_dir(explicit: str | Path | None) -> Path | None:
         source = "--data-dir" if explicit else f"${DATA_ENV}"
         raise BenchError(f"data folder {path} (from {source}) does not exist")
     return path
-
-
-def read_jsonl(path: Path, required: tuple[str, ...], limit: int | None = None) -> list[dict[str, Any]]:
-    """Read records from a jsonl (or jsonl.gz) file, checking each has the required fields; errors name file
-    and line."""
-    if not path.is_file():
-        raise BenchError(f"data file {path} does not exist")
-    records = []
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise BenchError(f"{path}: line {number} is not valid JSON") from None
-            missing = [k for k in required if not isinstance(record, dict) or k not in record]
-            if missing:
-                raise BenchError(f"{path}: line {number} lacks field(s) {', '.join(missing)}")
-            records.append(record)
-            if limit is not None and len(records) >= limit:
-                break
-    return records
-
-
-TASKS: dict[str, type[Task]] = {}
-
-
-def register(cls: type[Task]) -> type[Task]:
-    TASKS[cls.name] = cls
-    return cls
-
-
-def get_task(name: str) -> type[Task]:
-    import tasks  # noqa: F401  (registers every task module)
-
-    if name not in TASKS:
-        raise BenchError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
-    return TASKS[name]

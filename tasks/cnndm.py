@@ -2,56 +2,42 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
-from bench.errors import BenchError
-from tasks.base import Sample, Task, read_jsonl, register
+from core.metrics import Metric
+from tasks.base import Sample, Task, register
+from tasks.sources import load_rows
 
 TEMPLATE = "Summarize: {article}"  # Spec-Bench's summarization prompt
+ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 @register
 class CNNDailyMail(Task):
     name = "cnndm"
     description = "CNN/DailyMail summarization (test), ROUGE-1/2/L/Lsum"
+    metrics = tuple(Metric(k, f"{k} F-measure x 100 (rouge-score, stemming)") for k in ROUGE)
 
     def load(self, limit: int | None = None) -> list[Sample]:
-        if self.data_dir is not None:
-            rows = read_jsonl(
-                self.data_dir / "cnn_dailymail" / "test_specbench80.jsonl", ("article", "highlights"), limit
-            )
-        else:
-            rows = _from_hub(limit)
+        rows = load_rows(self.name, self.data_dir, limit)
         return [
             Sample(str(r.get("id", i)), TEMPLATE.format(article=r["article"]), reference=r["highlights"])
             for i, r in enumerate(rows)
         ]
 
-    def score(self, samples: list[Sample], outputs: list[str]) -> dict[str, float]:
-        from rouge_score import rouge_scorer
+    def score_sample(self, sample: Sample, output: str) -> dict[str, float]:
+        scores = _scorer().score(_sentence_lines(sample.reference), _sentence_lines(output))
+        return {k: 100 * scores[k].fmeasure for k in ROUGE}
 
-        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
-        totals = {k: 0.0 for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
-        for sample, output in zip(samples, outputs, strict=True):
-            scores = scorer.score(_sentence_lines(sample.reference), _sentence_lines(output))
-            for k in totals:
-                totals[k] += scores[k].fmeasure
-        return {k: 100 * v / len(samples) for k, v in totals.items()} if samples else {}
+
+@functools.cache
+def _scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(ROUGE), use_stemmer=True)
 
 
 def _sentence_lines(text: str) -> str:
     """One sentence per line, as ROUGE-Lsum expects."""
     return "\n".join(s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s)
-
-
-def _from_hub(limit: int | None) -> list[dict]:
-    try:
-        from datasets import load_dataset
-
-        split = "test" if limit is None else f"test[:{limit}]"
-        ds = load_dataset("cnn_dailymail", "3.0.0", split=split)
-    except Exception as exc:
-        raise BenchError(
-            f"could not load cnn_dailymail 3.0.0 from the hub ({type(exc).__name__}); pass --data-dir"
-        ) from exc
-    return [{"id": r["id"], "article": r["article"], "highlights": r["highlights"]} for r in ds]

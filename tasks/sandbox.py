@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.errors import BenchError
+from core.errors import BenchError
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000

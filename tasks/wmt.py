@@ -4,33 +4,52 @@ Prompt: Spec-Bench's wording (`TEMPLATE`) through the chat template where the to
 No stop strings: the plain prompt ends mid-line after the source, so a base model's translation usually starts
 after a newline (and chat models may open with a preamble line); a "\\n" stop would end those generations empty.
 Spec-Bench uses none either. Scoring instead keeps the first non-empty line of each output, whitespace-trimmed.
+newstest2014 is the evaluation set; 2015-2019 are for training (`bench train`).
 """
 
 from __future__ import annotations
 
-from itertools import islice
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.errors import BenchError
-from tasks.base import Sample, Task, read_jsonl, register
+from core.errors import BenchError
+from core.metrics import Metric
+from core.options import option
+from tasks.base import Sample, Task, TaskOptions, register
+from tasks.sources import WMT_YEARS, load_rows
 
 TEMPLATE = "Translate German to English: {src}"  # Spec-Bench's translation prompt
-YEARS = (2014, 2016)
+
+
+@dataclass(frozen=True)
+class WMTOptions(TaskOptions):
+    split: str = option("newstest2014", f"wmt: the newstest year ({WMT_YEARS[0]}-{WMT_YEARS[-1]}; 2014 evaluates)")
+
+    def check(self, owner: str) -> None:
+        year(self.split)
+
+
+def year(split: str) -> int:
+    """The year of a split name ("newstest2016" or "2016"); an unknown one is a `BenchError`."""
+    name = split.removeprefix("newstest")
+    if not name.isdigit() or int(name) not in WMT_YEARS:
+        raise BenchError(f"unknown wmt split {split!r}; available: {', '.join(f'newstest{y}' for y in WMT_YEARS)}")
+    return int(name)
 
 
 @register
 class WMT(Task):
     name = "wmt"
     description = "WMT newstest2014 German→English (3003 lines), sacreBLEU BLEU and chrF"
+    Options = WMTOptions
+    metrics = (
+        Metric("bleu", "sacreBLEU corpus BLEU (13a, case-sensitive) of the first output line", aggregate="corpus"),
+        Metric("chrf", "sacreBLEU corpus chrF of the first output line", aggregate="corpus"),
+    )
 
-    def __init__(self, data_dir: str | Path | None = None, split: str | None = None) -> None:
-        """`split`: the test set, "newstest2014" (default) or "newstest2016" (the year alone also works)."""
-        super().__init__(data_dir)
-        name = (split or "2014").removeprefix("newstest")
-        if not name.isdigit():
-            raise BenchError(f"unknown wmt split {split!r}; available: newstest2014, newstest2016")
-        self.year = int(name)
-        _check_year(self.year)
+    @property
+    def year(self) -> int:
+        return year(self.options.split)
 
     def load(self, limit: int | None = None) -> list[Sample]:
         rows = load_pairs(self.data_dir, self.year, limit)
@@ -57,28 +76,5 @@ def first_line(text: str) -> str:
 
 def load_pairs(data_dir: Path | None, year: int, limit: int | None = None) -> list[dict[str, str]]:
     """newstest`year` de→en as records {"id", "src", "ref"}: from `data_dir`/wmt_de_en, else the hub."""
-    _check_year(year)
-    if data_dir is not None:
-        rows = read_jsonl(Path(data_dir) / "wmt_de_en" / f"newstest{year}.de-en.jsonl", ("id", "src", "ref"), limit)
-        return [{"id": str(r["id"]), "src": r["src"], "ref": r["ref"]} for r in rows]
-    return _from_hub(year, limit)
-
-
-def _check_year(year: int) -> None:
-    if year not in YEARS:
-        raise BenchError(f"no newstest{year} de-en; available years: {', '.join(map(str, YEARS))}")
-
-
-def _from_hub(year: int, limit: int | None) -> list[dict[str, str]]:
-    """Streamed, so the multi-GB training split of the hub dataset is never downloaded."""
-    hub_id = f"wmt/wmt{year % 100}"
-    try:
-        from datasets import load_dataset
-
-        ds = load_dataset(hub_id, "de-en", split="test", streaming=True)
-        return [
-            {"id": str(i), "src": r["translation"]["de"], "ref": r["translation"]["en"]}
-            for i, r in enumerate(islice(ds, limit))
-        ]
-    except Exception as exc:
-        raise BenchError(f"could not load {hub_id} de-en from the hub ({type(exc).__name__}); pass --data-dir") from exc
+    rows = load_rows(f"wmt{year}", data_dir, limit)
+    return [{"id": str(r["id"]), "src": r["src"], "ref": r["ref"]} for r in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from bench.models import LoadedModel
+from core.models import LoadedModel
+from tasks.base import DATA_ENV
+
+# The real task data: $DECODEBENCH_DATA, else the shared folder beside the checkout (tests using it skip without it).
+REAL_DATA = Path(os.environ.get(DATA_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog. " * 3,

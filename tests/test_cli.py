@@ -33,14 +33,17 @@ def bench(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
             ["--method", "ar", "--task", "mtbench", "--max-new-tokens", "0"],
             "--max-new-tokens must be at least 1",
         ),
-        (["--method", "ar", "--task", "mtbench", "--dtype", "float8"], "unknown dtype 'float8'"),
         (["--method", "ar", "--task", "mtbench", "--model", "no-such-preset"], "neither a preset"),
         (["--method", "ar", "--task", "mtbench", "--data-dir", "/no/such/dir"], "does not exist"),
-        (["--method", "ar", "--task", "mtbench", "--device", "tpu"], "unknown device 'tpu'"),
         (["--method", "pld", "--task", "mtbench", "-W", "3"], "method pld does not take --window"),
         (["--method", "ar", "--task", "mtbench", "--draft", "x"], "method ar does not take --draft"),
         (["--method", "ar", "--task", "mtbench", "--turns", "0"], "--turns must be at least 1"),
-        (["--method", "ar", "--task", "mtbench", "--split", "x"], "task mtbench has no --split"),
+        (["--method", "ar", "--task", "mtbench", "--split", "x"], "task mtbench does not take --split"),
+        (["--method", "ar", "--task", "wmt", "--split", "x"], "unknown wmt split 'x'"),
+        (["--method", "lookahead", "--task", "mtbench", "-N", "1"], "--ngram must be at least 2 (got 1)"),
+        (["--method", "speculative", "--task", "mtbench"], "speculative needs a draft model"),
+        (["--method", "llm2slm", "--task", "mtbench"], "method llm2slm needs --checkpoint"),
+        (["--method", "ar", "--task", "mtbench", "--threads", "0"], "--threads must be at least 1"),
     ],
 )
 def test_bad_run_input(monkeypatch, capsys, data_dir, args, message):
@@ -48,6 +51,29 @@ def test_bad_run_input(monkeypatch, capsys, data_dir, args, message):
     code, _, err = bench(monkeypatch, capsys, "run", *args, *extra)
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dtype", "float8"], "'float8' is not one of 'float32', 'bfloat16', 'float16'"),
+        (["--device", "tpu"], "'tpu' is not one of 'cpu', 'cuda'"),
+        (["--window", "many"], "unable to parse string as an integer"),
+        (["--no-such-flag"], "No such option: --no-such-flag"),
+    ],
+)
+def test_usage_errors(monkeypatch, capsys, args, message):
+    """Parsing errors are click's own usage errors: exit 2, the reason, no traceback."""
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "ar", "--task", "mtbench", *args)
+    assert code == 2 and message in " ".join(err.replace("│", " ").split()) and "Traceback" not in err
+
+
+def test_corrupt_gzip_data_file(monkeypatch, capsys, tmp_path, tiny_dir):
+    (tmp_path / "humaneval").mkdir()
+    (tmp_path / "humaneval" / "HumanEval.jsonl.gz").write_text('{"task_id": "x"}\n')  # not gzip
+    args = ["run", "-m", "ar", "-t", "humaneval", "--model", str(tiny_dir), "--data-dir", str(tmp_path)]
+    code, _, err = bench(monkeypatch, capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and "HumanEval.jsonl.gz: not a valid gzip file" in err
 
 
 def test_model_folder_that_fails_to_load(monkeypatch, capsys, data_dir, tmp_path):
@@ -78,10 +104,34 @@ def test_unknown_preset_fetch(monkeypatch, capsys):
 
 
 def test_list(monkeypatch, capsys):
-    for what, name in (("methods", "ar"), ("tasks", "mtbench"), ("models", "smollm2-135m")):
-        monkeypatch.setattr(sys, "argv", ["bench", "list", what])
-        main()
-        assert name in capsys.readouterr().out
+    """Methods with their options and defaults, tasks with their metrics and options, model presets."""
+    expected = {
+        "methods": ("ar", "--window 5, --ngram 3, --guess 5, --prompt-ngrams True", "needs --draft"),
+        "tasks": ("mtbench", "bleu (higher is better)", "--split newstest2014"),
+        "models": ("smollm2-135m",),
+    }
+    for what, names in expected.items():
+        code, out, _ = bench(monkeypatch, capsys, "list", what)
+        assert code == 0 and all(name in out for name in names)
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    """`bench --help` and `bench list models` answer from the CLI module alone (no torch, no transformers)."""
+    probe = "import sys; from bench.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).returncode == 0
+    for args in (["--help"], ["list", "models"]):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "bench.cli", *args], capture_output=True, text=True
+        )
+        assert proc.returncode == 0 and " torch" not in proc.stderr and "transformers" not in proc.stderr
+
+
+def test_run_help_shows_method_panels(monkeypatch, capsys):
+    code, out, _ = bench(monkeypatch, capsys, "run", "--help")
+    assert code == 0
+    for panel in ("Method options: lookahead", "Method options: prompt lookup", "Model", "Sampling", "Output"):
+        assert panel in out
+    assert "--max-ngram" in out and "--threads" in out
 
 
 def test_run_end_to_end_as_a_process(tmp_path, tiny_dir, data_dir):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.timing import Timer
+from core.timing import Timer
 from methods.ar import Autoregressive
 from methods.decode import Draft, Sampler, StopRule, verify_loop
 from methods.hf import HFGenerate

@@ -10,12 +10,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-from bench import models as bench_models
-from bench.errors import BenchError
-from bench.models import LoadedModel
+from bench.checkpoint import read_history
 from bench.store import SAMPLES
-from bench.timing import Timer
-from bench.train import TrainConfig, read_history, train
+from bench.train import TrainConfig, train
+from core import models as bench_models
+from core.errors import BenchError
+from core.models import LoadedModel
+from core.timing import Timer
 from methods.decode import Sampler, StopRule
 from methods.llm2slm import LLM2SLM, STATE_FILE, load_checkpoint
 from tasks.base import encode_prompt
@@ -225,8 +226,6 @@ def test_resume_continues_from_the_saved_step(dirs, wmt_dir, tmp_path):
         (["--steps", "0"], "--steps must be at least 1"),
         (["--lr", "-1"], "--lr must be a positive number"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
-        (["--slm-tuning", "half"], "unknown --slm-tuning 'half'"),
-        (["--mode", "mix"], "unknown --mode 'mix'"),
         (["--train-split", "newstest2014"], "newstest2014 is the wmt evaluation split"),
         (["--task", "cnndm", "--train-split", "test"], "test is the cnndm evaluation split"),
         (["--task", "cnndm"], "cnn_dailymail/validation.jsonl does not exist"),
@@ -241,6 +240,17 @@ def test_bad_train_input(monkeypatch, capsys, dirs, wmt_dir, tmp_path, args, mes
     flags = [x for kv in base.items() for x in kv]
     code, _, err = bench(monkeypatch, capsys, "train", "llm2slm", *flags, "--out", str(tmp_path / "ck"))
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--slm-tuning", "half"], "'half' is not one of 'full', 'lora', 'frozen'"), (["--mode", "mix"], "'mix'")],
+)
+def test_train_choices_are_usage_errors(monkeypatch, capsys, tmp_path, args, message):
+    """--mode and --slm-tuning are choices: click refuses others (exit 2) before anything loads."""
+    flags = ["--llm", "x", "--slm", "y", "--task", "wmt", "--out", str(tmp_path / "ck"), *args]
+    code, _, err = bench(monkeypatch, capsys, "train", "llm2slm", *flags)
+    assert code == 2 and message in " ".join(err.replace("│", " ").split()) and "Traceback" not in err
 
 
 def test_cli_train_then_run(monkeypatch, capsys, dirs, wmt_dir, tmp_path, other_tok):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from bench.errors import BenchError
-from bench.models import LoadedModel
-from bench.timing import Timer
+from core.errors import BenchError
+from core.models import LoadedModel
+from core.timing import Timer
 from methods.ar import Autoregressive
-from methods.base import get_method
+from methods.base import METHODS
 from methods.decode import Draft, Sampler, StopRule, _attention, verify_loop
 from methods.kvcache import keep, new_cache
 from methods.lookahead import LookaheadDrafter
@@ -48,10 +48,10 @@ def draft(tiny) -> LoadedModel:
 
 def build(name, options, tiny, draft, sampler=None):
     if name == "speculative-self":  # the target as its own draft: every draft token is accepted
-        return get_method("speculative")(tiny, sampler, draft=tiny, **options)
+        return METHODS.get("speculative").create(tiny, sampler, options, draft=tiny)
     if name in ("speculative", "hf-assisted"):
-        return get_method(name)(tiny, sampler, draft=draft, **options)
-    return get_method(name)(tiny, sampler, **options)
+        return METHODS.get(name).create(tiny, sampler, options, draft=draft)
+    return METHODS.get(name).create(tiny, sampler, options)
 
 
 @pytest.mark.parametrize(("name", "options"), SETTINGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SETTINGS)])
@@ -124,23 +124,25 @@ def test_cache_after_rollback_equals_ar_cache(tiny, make_cache):
 
 
 def test_invalid_settings(tiny, draft):
-    with pytest.raises(BenchError, match="W >= 1"):
-        get_method("lookahead")(tiny, None, window=0)
-    with pytest.raises(BenchError, match="N >= 2"):
-        get_method("lookahead")(tiny, None, ngram=1)
-    with pytest.raises(BenchError, match="W >= 1"):
-        get_method("jacobi")(tiny, None, window=0)
+    with pytest.raises(BenchError, match="--window must be at least 1"):
+        METHODS.get("lookahead").create(tiny, None, {"window": 0})
+    with pytest.raises(BenchError, match="--ngram must be at least 2"):
+        METHODS.get("lookahead").create(tiny, None, {"ngram": 1})
+    with pytest.raises(BenchError, match="--window must be at least 1"):
+        METHODS.get("jacobi").create(tiny, None, {"window": 0})
     with pytest.raises(BenchError, match="needs a draft model"):
-        get_method("speculative")(tiny, None)
-    with pytest.raises(BenchError, match="num-draft"):
-        get_method("speculative")(tiny, None, draft=draft, num_draft=0)
+        METHODS.get("speculative").create(tiny, None)
+    with pytest.raises(BenchError, match="--num-draft must be at least 1"):
+        METHODS.get("speculative").create(tiny, None, {"num_draft": 0}, draft)
     with pytest.raises(BenchError, match="does not take --window"):
-        get_method("pld")(tiny, None, window=3)
+        METHODS.get("pld").create(tiny, None, {"window": 3})
+    with pytest.raises(BenchError, match="--guess must be int"):
+        METHODS.get("lookahead").create(tiny, None, {"guess": "5"})
     other = make_tokenizer()
     other.add_tokens(["<extra>"])
     foreign = LoadedModel(make_model(len(other), seed=2, layers=1), other, {"spec": "foreign"})
     with pytest.raises(BenchError, match="different tokenizer"):
-        get_method("speculative")(tiny, None, draft=foreign)
+        METHODS.get("speculative").create(tiny, None, draft=foreign)
 
 
 # --- sampling verification: the output distribution must be the target's -------------------------------

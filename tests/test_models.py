@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import models
-from bench.errors import BenchError
-from bench.timing import Timer
+from core import models, presets
+from core.errors import BenchError
+from core.timing import Timer
 from methods.ar import Autoregressive
-from methods.base import get_method
+from methods.base import METHODS
 from methods.decode import StopRule
 
 CHUNKS = [b"GGUF" + bytes(range(256)) * 40, bytes(reversed(range(256))) * 33]
@@ -69,7 +69,7 @@ def test_download_failure_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(presets.CACHE_ENV, str(tmp_path))
     assert models.cache_dir() == tmp_path
 
 
@@ -119,5 +119,5 @@ def test_lossless_methods_equal_ar_on_smollm2(smollm2, name, options):
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     stop = StopRule(48, frozenset(smollm2.eos_ids()))
     expected = Autoregressive(smollm2, None).generate(ids, stop, Timer()).tokens
-    got = get_method(name)(smollm2, None, **options).generate(ids, stop, Timer())
+    got = METHODS.get(name).create(smollm2, None, options).generate(ids, stop, Timer())
     assert got.tokens == expected

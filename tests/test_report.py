@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from bench import report as rep
+from bench.against import against, load_reference
 from bench.plots import all_plots
 from bench.runner import RunConfig, run
 from bench.store import SAMPLES
@@ -39,13 +40,13 @@ def sweep_file(tmp_path_factory, tiny_dir, data_dir):
 @pytest.fixture(scope="module")
 def swept(sweep_file):
     """The tiny sweep and its report, made once for the module: 3 cells sharing one AR baseline."""
-    from bench.cli import write_report
+    from bench.report import write_report
     from bench.sweep import run_sweep
 
     out = sweep_file.parent / "out"
     status = run_sweep(sweep_file, out, echo=lambda _: None)
     assert all(c["status"] == "done" for c in status["cells"].values()), status
-    write_report([out], out / "report", [], plots=True)
+    write_report([out], out / "report", [], plots=True, echo=lambda _: None)
     return out
 
 
@@ -80,17 +81,29 @@ def test_finished_cells_are_skipped(swept, sweep_file, monkeypatch, capsys):
 
 def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path, sweep_file, monkeypatch, capsys):
     config = json.loads(sweep_file.read_text())
-    config["methods"] = [{"method": "pld", "settings": [{"window": 3}]}, "ar", "jacobi"]
+    config["models"].append(str(tmp_path / "missing-model"))  # fails when its cell loads it
+    config["methods"] = ["ar", "jacobi"]
     config["limit"] = 1
     path = tmp_path / "bad.yaml"
     path.write_text(json.dumps(config))
     code, out, _ = bench(monkeypatch, capsys, "sweep", str(path), "--out", str(tmp_path / "o"), "--no-report")
     assert code == 1
-    assert "1 cells done, 1 failed" in out and "method pld does not take --window" in out
+    assert "1 cells done, 1 failed" in out and "missing-model' is neither a preset" in out
     status = json.loads((tmp_path / "o" / "sweep.json").read_text())
-    assert [c["status"] for c in status["cells"].values()] == ["failed", "done"]
+    assert [c["status"] for c in status["cells"].values()] == ["done", "failed"]
     code, out, _ = bench(monkeypatch, capsys, "report", str(tmp_path / "o"), "--out", str(tmp_path / "rep"))
-    assert code == 0 and "failed cells:" in out and "does not take --window" in out
+    assert code == 0 and "failed cells:" in out and "is neither a preset" in out
+
+
+def test_bad_options_are_refused_before_any_cell_runs(tmp_path, sweep_file, monkeypatch, capsys):
+    config = json.loads(sweep_file.read_text())
+    config["methods"] = ["jacobi", {"method": "pld", "grid": {"window": [3]}}]
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps(config))
+    calls = []
+    monkeypatch.setattr("bench.runner.run", lambda *a, **k: calls.append(a))
+    code, _, err = bench(monkeypatch, capsys, "sweep", str(path), "--out", str(tmp_path / "o"))
+    assert code == 2 and "method pld does not take --window" in err and calls == []
 
 
 @pytest.mark.parametrize(
@@ -132,27 +145,28 @@ def test_impossible_numbers_are_flagged_not_reported(swept, tmp_path):
 def test_against_marks_other_models_and_hardware_not_comparable(swept):
     out = swept
     df = rep.table(rep.find_runs([out]))
+    pld = "max_ngram=3 candidates=10"  # the resolved defaults, as every settings label carries them
     reference = pd.DataFrame(
         [
             dict(paper="p", model=df["model_id"].iloc[0], hardware=str(df["device_name"].iloc[0]).split()[0],
-                 dtype="fp32", task="mtbench", category="all", method="pld", settings="", metric="tau", claimed=1.0),
+                 dtype="fp32", task="mtbench", category="all", method="pld", settings=pld, metric="tau", claimed=1.0),
             dict(paper="p", model="meta-llama/Llama-2-7b-chat-hf", hardware="A100", dtype="fp16", task="mtbench",
-                 category="all", method="pld", settings="", metric="speedup", claimed=1.6),
+                 category="all", method="pld", settings=pld, metric="speedup", claimed=1.6),
             dict(paper="p", model="x", hardware="A100", dtype="fp16", task="gsm8k", category="all", method="pld",
                  settings="", metric="speedup", claimed=1.6),
         ]
     )  # fmt: skip
-    joined = rep.against(df, "p", reference)
+    joined = against(df, "p", reference)
     comparable, other, missing = joined.to_dict("records")
     assert comparable["status"] == "comparable" and comparable["ratio"] == pytest.approx(comparable["measured"])
     assert other["status"].startswith("not comparable: model") and "hardware" in other["status"]
     assert pd.isna(other["ratio"]) and missing["status"] == "not measured"
     with pytest.raises(Exception, match="no published numbers for 'nope'"):
-        rep.against(df, "nope", reference)
+        against(df, "nope", reference)
 
 
 def test_shipped_reference_covers_the_three_papers():
-    reference = rep.load_reference()
+    reference = load_reference()
     assert {"lookahead", "spec-bench", "llm-to-slm"} <= set(reference["paper"])
     assert reference["claimed"].notna().all() and (reference["claimed"] > 0).all()
 
@@ -206,14 +220,9 @@ def test_plots_are_written(swept, tmp_path):
 @pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("results/configs/*.yaml")), ids=str)
 def test_shipped_sweep_configs_are_valid(path, tmp_path):
     from bench.sweep import cells, load_config
-    from methods.base import get_method
 
-    found = cells(load_config(path), tmp_path)
-    assert found
-    for cell in found:
-        cell.config.validate()
-        draft = {"draft"} if cell.config.draft else set()
-        get_method(cell.config.method).check_options(set(cell.config.options) | draft)
+    found = cells(load_config(path), tmp_path)  # resolves every cell: unknown or bad options are errors here
+    assert found and all(cell.config.model for cell in found)
 
 
 def test_ray_executor_without_ray_says_how_to_install(sweep_file, monkeypatch, capsys):
@@ -224,4 +233,4 @@ def test_ray_executor_without_ray_says_how_to_install(sweep_file, monkeypatch, c
     code, _, err = bench(monkeypatch, capsys, "sweep", str(sweep_file), "--executor", "ray")
     assert code == 2 and "pip install 'decodebench[ray]'" in err
     code, _, err = bench(monkeypatch, capsys, "sweep", str(sweep_file), "--executor", "slurm")
-    assert code == 2 and "unknown executor 'slurm'" in err
+    assert code == 2 and "'slurm' is not one of 'local', 'ray'" in " ".join(err.replace("│", " ").split())

@@ -61,7 +61,7 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tiny_dir, data_dir, 
 
 
 def test_limit_grows_on_resume_but_config_change_is_refused(tiny_dir, data_dir, tmp_path):
-    from bench.errors import BenchError
+    from core.errors import BenchError
 
     out = tmp_path / "r"
     run(config(tiny_dir, data_dir, out, method="ar", limit=1), progress=False)

@@ -5,22 +5,20 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import os
 import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from bench.cli import main
 from tasks import sandbox
 from tasks.base import Sample
 from tasks.humaneval import Containment, HumanEval, execute, hostile_check
 from tasks.sandbox import run_program, sandbox_processes
+from tests.conftest import REAL_DATA
+from tests.test_cli import bench
 
 SMALL = {"memory_mb": 256, "max_procs": 16}
-REAL_DATA = Path(os.environ.get("DECODEBENCH_DATA", "/work/shared/data"))
 PROBLEMS = [
     {
         "task_id": "T/0",
@@ -149,27 +147,21 @@ def test_real_canonical_solutions_pass():
 )
 def test_task_check_bad_input(monkeypatch, capsys, data_dir, args, message):
     extra = [] if "--data-dir" in args else ["--data-dir", str(data_dir)]
-    monkeypatch.setattr(sys, "argv", ["bench", "task", "check", *args, *extra])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2
+    code, _, err = bench(monkeypatch, capsys, "task", "check", *args, *extra)
+    assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_task_check_exit_code(monkeypatch, capsys, data_dir):
     """Exit 0 when all canonical solutions pass and every hostile case is contained, else 1 (hostile cases faked)."""
-    monkeypatch.setattr(sys, "argv", ["bench", "task", "check", "humaneval", "--data-dir", str(data_dir)])
+    args = ["task", "check", "humaneval", "--data-dir", str(data_dir)]
     contained = Containment("fake case", True, "failed")
     monkeypatch.setattr("tasks.humaneval.hostile_check", lambda sample, workers: [contained])
-    main()
-    out = capsys.readouterr().out
-    assert "canonical solutions: 3/3 passed" in out and "hostile cases: 1/1 contained" in out
+    code, out, _ = bench(monkeypatch, capsys, *args)
+    assert code == 0 and "canonical solutions: 3/3 passed" in out and "hostile cases: 1/1 contained" in out
     assert out.rstrip().endswith("humaneval check: OK")
 
     escaped = dataclasses.replace(contained, contained=False)
     monkeypatch.setattr("tasks.humaneval.hostile_check", lambda sample, workers: [escaped])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 1
-    assert "hostile fake case: NOT CONTAINED" in capsys.readouterr().out
+    code, out, _ = bench(monkeypatch, capsys, *args)
+    assert code == 1 and "hostile fake case: NOT CONTAINED" in out

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bench.errors import BenchError
 from bench.store import SAMPLES, RunStore
+from core.errors import BenchError
 
 CONFIG = {"method": "ar", "task": "mtbench", "max_new_tokens": 8}
 

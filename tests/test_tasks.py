@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from bench.errors import BenchError
-from tasks.base import DATA_ENV, get_task
+from core.errors import BenchError
+from tasks.base import DATA_ENV, TASKS
 from tasks.gsm8k import GSM8K, last_number
-from tasks.specbench import CATEGORIES, SpecBench
-from tasks.wmt import TEMPLATE, WMT, first_line, load_pairs
-from tests.conftest import make_tokenizer
-
-REAL_DATA = Path(os.environ.get(DATA_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
+from tasks.specbench import CATEGORIES, SpecBench, SpecBenchOptions
+from tasks.wmt import TEMPLATE, WMT, WMTOptions, first_line, load_pairs
+from tests.conftest import REAL_DATA, make_tokenizer
 
 WMT_ROWS = [
     {"id": 0, "src": "Der Hund schläft.", "ref": "The dog sleeps."},
@@ -51,7 +48,7 @@ def data(tmp_path: Path) -> Path:
 
 
 def test_registered():
-    assert get_task("wmt") is WMT and get_task("gsm8k") is GSM8K and get_task("specbench") is SpecBench
+    assert TASKS.get("wmt") is WMT and TASKS.get("gsm8k") is GSM8K and TASKS.get("specbench") is SpecBench
 
 
 # --- loading -------------------------------------------------------------------------------------------------------
@@ -66,12 +63,14 @@ def test_wmt_load(data):
 
 
 def test_wmt_year_and_load_pairs(data):
-    assert [(s.id, s.prompt) for s in WMT(data, split="newstest2016").load()] == [("7", TEMPLATE.format(src="Ja."))]
+    assert [(s.id, s.prompt) for s in WMT(data, WMTOptions(split="newstest2016")).load()] == [
+        ("7", TEMPLATE.format(src="Ja."))
+    ]
     assert load_pairs(data, 2016, None) == [{"id": "7", "src": "Ja.", "ref": "Yes."}]
     assert load_pairs(data, 2014, 1) == [{"id": "0", "src": "Der Hund schläft.", "ref": "The dog sleeps."}]
-    with pytest.raises(BenchError, match="2015"):
-        WMT(data, split="2015")
-    with pytest.raises(BenchError, match="2015"):
+    with pytest.raises(BenchError, match="unknown wmt split '2013'.*newstest2019"):
+        WMTOptions.resolve({"split": "2013"}, "wmt")
+    with pytest.raises(BenchError, match=r"newstest2015\.de-en\.jsonl does not exist"):
         load_pairs(data, 2015, None)
 
 
@@ -97,15 +96,15 @@ def test_specbench_load(data):
 
 
 def test_specbench_category_filter(data):
-    assert [s.id for s in SpecBench(data, subset="writing").load()] == ["81", "84"]
-    assert [s.id for s in SpecBench(data, subset="writing").load(limit=1)] == ["81"]
-    assert SpecBench(data, subset="rag").load() == []
+    assert [s.id for s in SpecBench(data, SpecBenchOptions(subset="writing")).load()] == ["81", "84"]
+    assert [s.id for s in SpecBench(data, SpecBenchOptions(subset="writing")).load(limit=1)] == ["81"]
+    assert SpecBench(data, SpecBenchOptions(subset="rag")).load() == []
     assert len(CATEGORIES) == 13
 
 
 def test_specbench_unknown_category(data):
-    with pytest.raises(BenchError, match="'poetry'.*writing.*math_reasoning.*rag"):
-        SpecBench(data, subset="poetry")
+    with pytest.raises(BenchError, match="--subset must be one of writing.*math_reasoning, rag .got 'poetry'"):
+        SpecBenchOptions.resolve({"subset": "poetry"}, "specbench")
 
 
 def test_specbench_needs_data_dir(monkeypatch):
@@ -223,8 +222,17 @@ def test_prompt_ids(data, chat, task, text):
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="no shared data folder")
 def test_real_files():
-    for task in (WMT(REAL_DATA), WMT(REAL_DATA, split="newstest2016"), GSM8K(REAL_DATA), SpecBench(REAL_DATA)):
+    for task in (
+        WMT(REAL_DATA),
+        WMT(REAL_DATA, WMTOptions(split="newstest2016")),
+        GSM8K(REAL_DATA),
+        SpecBench(REAL_DATA),
+    ):
         samples = task.load(limit=3)
         assert len(samples) == 3 and len({s.id for s in samples}) == 3
     assert GSM8K(REAL_DATA).load(limit=1)[0].reference == "18"
-    assert [s.id for s in SpecBench(REAL_DATA, subset="math_reasoning").load(limit=3)] == ["401", "402", "403"]
+    assert [s.id for s in SpecBench(REAL_DATA, SpecBenchOptions(subset="math_reasoning")).load(limit=3)] == [
+        "401",
+        "402",
+        "403",
+    ]

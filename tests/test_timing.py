@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from bench.timing import NullTimer, Timer
+from core.timing import NullTimer, Timer
 
 
 def test_cpu_timer_marks():

@@ -1,7 +1,7 @@
 """The timing core shared by every method: marks inside the decode loop, read out once at the end.
 
 On CUDA the marks are events recorded on the current stream (no synchronisation in the loop; one at read-out).
-On CPU they are `time.perf_counter()` readings. Definitions follow shared/metrics.md.
+On CPU they are `time.perf_counter()` readings. Definitions: docs/metrics.md.
 """
 
 from __future__ import annotations
