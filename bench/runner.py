@@ -19,7 +19,7 @@ from bench.records import aggregate, exactness, generation_record
 from bench.store import SUMMARY, RunStore
 from core import models
 from core.errors import BenchError
-from core.files import write_json
+from core.files import portable, write_json
 from core.presets import DEFAULT_MODEL, PRESETS
 from core.timing import Timer
 from methods.base import METHODS, Decoded, Method
@@ -170,7 +170,7 @@ def plan(config: RunConfig, baseline_dir: Path | None = None) -> Plan:
     draft = models.load(config.draft, config.dtype, config.device) if config.draft else None
     method = method_cls.create(target, config.sampler(), config.options, draft)
     env = environment.describe(target.device)
-    extra = {"model_artifact": target.artifact, "task_data": str(task.data_dir)}
+    extra = {"model_artifact": target.artifact, "task_data": portable(task.data_dir) if task.data_dir else "hub"}
     if config.device_map:
         placement = getattr(target.model, "hf_device_map", None) or {"": target.device}  # one device: no map
         extra["placement"] = {k: str(v) for k, v in placement.items()}

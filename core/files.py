@@ -13,6 +13,8 @@ from typing import Any
 
 from core.errors import BenchError
 
+DATA_ENV = "DECODEBENCH_DATA"  # the task data folder when --data-dir is not given (layout: docs/data.md)
+
 # What a corrupt, truncated or mis-encoded file raises while it is read or decompressed.
 DECODE_ERRORS = (gzip.BadGzipFile, zlib.error, EOFError, UnicodeDecodeError)
 
@@ -26,6 +28,17 @@ def atomic_write(path: Path, content: str | Callable[[Path], None]) -> None:
     else:
         tmp.write_text(content, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def portable(path: Path | str) -> str:
+    """A path as results may record it (never a machine's absolute path): relative to the working folder when
+    inside it, `$DECODEBENCH_DATA/...` inside the data folder, else the last part of the path alone."""
+    path = Path(path).resolve()
+    data = os.environ.get(DATA_ENV)
+    for root, prefix in ((Path.cwd(), ""), (Path(data).resolve() if data else None, f"${DATA_ENV}")):
+        if root is not None and path.is_relative_to(root):
+            return str(Path(prefix) / path.relative_to(root)) if prefix else str(path.relative_to(root))
+    return path.name
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -60,7 +73,7 @@ def read_jsonl(path: Path, required: tuple[str, ...], limit: int | None = None) 
                     break
     except DECODE_ERRORS as exc:
         what = "not a valid gzip file" if isinstance(exc, gzip.BadGzipFile | zlib.error | EOFError) else "not UTF-8"
-        raise BenchError(f"{path}: {what} (after line {number}); the file is corrupt") from None
+        raise BenchError(f"{path}: {what} (at line {number + 1}); the file is corrupt") from None
     return records
 
 

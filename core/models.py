@@ -18,6 +18,7 @@ import torch
 from filelock import FileLock
 
 from core.errors import BenchError
+from core.files import portable
 from core.presets import DTYPE_NAMES, PRESETS, Preset, cache_dir, get_preset
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
@@ -155,7 +156,7 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu", device_map: str
         artifact.update(preset=spec, source="hub", hub_id=source)
     elif Path(spec).exists():
         source = spec
-        artifact.update(source="local", path=str(Path(spec).resolve()))
+        artifact.update(source="local", path=portable(spec))
     elif "/" in spec and not spec.startswith((".", "/")):
         source = spec
         artifact.update(source="hub", hub_id=spec)

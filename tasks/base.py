@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from core.errors import BenchError
+from core.files import DATA_ENV
 from core.metrics import Metric
 from core.options import Options
 from core.registry import Registry
 
-DATA_ENV = "DECODEBENCH_DATA"
+__all__ = ["DATA_ENV", "TASKS", "Sample", "Task", "TaskOptions", "encode_prompt", "register", "resolve_data_dir"]
 
 
 @dataclass
