@@ -9,7 +9,8 @@ ifneq ($(wildcard ../shared/data/README.md),)
 export DECODEBENCH_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup test lint format demo bench-timer bench-ar check-ci reproduce-cpu reproduce-llm2slm-cpu reproduce-all clean
+.PHONY: setup test lint format demo bench-timer bench-ar bench-lookahead bench-attention check-ci compare-references \
+	reproduce-cpu reproduce-llm2slm-cpu reproduce-all clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +47,20 @@ bench-timer: setup
 
 bench-ar: setup
 	$(BIN)/python scripts/ar_vs_hf.py
+
+# Our default lookahead against the reference implementation's compression ratios, with and without each improvement.
+bench-lookahead: setup
+	$(BIN)/python scripts/lookahead_reference.py
+
+# The target's forward cost for 1, 5 and 21 query tokens at 200 and 1000 cached tokens, stock vs our attention path.
+bench-attention: setup
+	$(BIN)/python scripts/attention_cost.py
+
+# Our methods against transformers' own at identical resolved settings, on Spec-Bench first turns -> results/references/.
+compare-references: setup
+	$(BIN)/bench sweep results/configs/references-smollm2.yaml --no-report
+	$(BIN)/bench sweep results/configs/references-qwen.yaml --no-report
+	$(BIN)/bench report results/references/runs --out results/references
 
 # Regression check for CI: a tiny sweep on the smallest offline preset against the committed baseline table.
 # After an intended change: `make check-ci CHECK_FLAGS=--update` rewrites the baseline.

@@ -144,6 +144,8 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu", device_map: str
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from core.attention import use_ours
+
     hf_logging.disable_progress_bar()
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
     artifact: dict[str, Any] = {"spec": spec, "dtype": dtype}
@@ -173,4 +175,5 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu", device_map: str
         raise BenchError(f"could not load model {spec!r}: {first}") from exc
     if artifact.get("source") == "hub":
         artifact["revision"] = getattr(model.config, "_commit_hash", None)
+    artifact["attention"] = use_ours(model)  # one attention path for the baseline and every method
     return LoadedModel(model, tokenizer, artifact)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from core.timing import Timer
+from methods.attention import step_mask
 from methods.kvcache import keep, new_cache
 
 
@@ -87,7 +88,9 @@ class Draft:
     tokens outside every path (Lookahead's window) are computed but never committed. `positions` are offsets
     from the pending token and `visible[i, j]` says whether extra token i attends to extra token j; both None
     means one causal chain at offsets 1..len(tokens). `probs` are the draft's distributions (rows aligned with
-    `tokens`) for sampling verification; None means deterministic guesses.
+    `tokens`) for sampling verification; None means deterministic guesses. `read` lists the tokens outside every
+    path whose next-token outputs the drafter reads in `observe` (Lookahead's top window level): the LM head runs
+    only on the pending token, the path tokens and these (all tokens when `read` is None).
     """
 
     tokens: list[int]
@@ -95,6 +98,7 @@ class Draft:
     positions: list[int] | None = None
     visible: torch.Tensor | None = None
     probs: torch.Tensor | None = None
+    read: list[int] | None = None
 
     @classmethod
     def chain(cls, tokens: list[int], probs: torch.Tensor | None = None) -> Draft:
@@ -113,7 +117,8 @@ class Drafter(Protocol):
 
     def observe(self, draft: Draft, predicted: list[int], accepted: list[int]) -> None:
         """After verification: the target's argmax after the pending token and after each draft token
-        (`predicted[0]`, `predicted[1 + i]`), and the indices of the accepted draft tokens."""
+        (`predicted[0]`, `predicted[1 + i]`; -1 for a token whose output was not computed: see `Draft.read`), and
+        the indices of the accepted draft tokens."""
         ...
 
 
@@ -123,16 +128,20 @@ class LoopResult:
     accepted: list[int]
 
 
-def _attention(draft: Draft, cached: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position ids and a 4D boolean mask for [pending, *draft.tokens] after `cached` cached positions."""
+def _attention(
+    draft: Draft, cached: int, device: torch.device, model: Any = None, cache: Any = None
+) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
+    """Position ids and the additive 4D attention mask for [pending, *draft.tokens] after `cached` positions.
+
+    With the model and its cache, the mask fits every layer type (a {layer type: mask} dict for models mixing
+    full and sliding-window layers; see methods.attention); without, one full-attention mask in float32."""
     n = len(draft.tokens)
-    offsets = torch.tensor([0, *(draft.positions or range(1, n + 1))], device=device)
-    mask = torch.zeros(1 + n, cached + 1 + n, dtype=torch.bool, device=device)
-    mask[:, : cached + 1] = True  # everything attends to the prefix and the pending token
-    visible = draft.visible if draft.visible is not None else torch.ones(n, n, dtype=torch.bool).tril()
-    mask[1:, cached + 1 :] = visible.to(device)
-    mask[0, cached + 1 :] = False
-    return (cached + offsets).unsqueeze(0), mask[None, None]
+    positions = cached + torch.tensor([0, *(draft.positions or range(1, n + 1))], device=device)
+    visible = torch.zeros(1 + n, 1 + n, dtype=torch.bool, device=device)
+    visible[:, 0] = True  # everything attends to the pending token (and the cached prefix)
+    chain = torch.ones(n, n, dtype=torch.bool).tril()
+    visible[1:, 1:] = (draft.visible if draft.visible is not None else chain).to(device)
+    return positions.unsqueeze(0), step_mask(visible, positions, cached, model, cache)
 
 
 def _verify_greedy(draft: Draft, predicted: list[int]) -> list[int]:
@@ -148,17 +157,22 @@ def _verify_greedy(draft: Draft, predicted: list[int]) -> list[int]:
     return best
 
 
-def _verify_sampling(draft: Draft, logits: torch.Tensor, sampler: Sampler) -> tuple[list[int], int]:
-    """Rejection sampling over the candidate paths (a trie): returns the accepted indices and the next token.
+def _verify_sampling(
+    draft: Draft, logits: torch.Tensor, rows: dict[int, int], sampler: Sampler
+) -> tuple[list[int], int]:
+    """Rejection sampling over the candidate paths as a token trie: returns the accepted indices and the next token.
 
     At each node the target distribution p is tested against each distinct child token x: accepted with
     probability min(1, p(x)/q(x)) (q one-hot for deterministic drafts); on rejection p becomes the normalised
     residual max(p - q, 0). After the last accepted node, the next token is drawn from p (or the residual).
+    Paths that agree on the accepted tokens all stay candidates, whichever draft index holds them (the target's
+    distribution after a prefix does not depend on where in the draft the prefix was computed). `rows` maps a
+    step row (0: the pending token, 1 + i: draft token i) to its row in `logits`.
     """
     accepted: list[int] = []
     alive, depth, row = draft.paths, 0, 0
     while True:
-        p = sampler.probs(logits[row])
+        p = sampler.probs(logits[rows[row]])
         children: dict[int, int] = {}
         for path in alive:
             if len(path) > depth:
@@ -177,12 +191,36 @@ def _verify_sampling(draft: Draft, logits: torch.Tensor, sampler: Sampler) -> tu
                 p = (p - q).clamp_min(0.0)
             total = p.sum()
             # a zero residual only happens by rounding; the target distribution is then the right fallback
-            p = sampler.probs(logits[row]) if total <= 0 else p / total
+            p = sampler.probs(logits[rows[row]]) if total <= 0 else p / total
         if chosen is None:
             return accepted, sampler.sample(p)
-        accepted.append(chosen)
-        alive = [path for path in alive if len(path) > depth and path[depth] == chosen]
+        accepted = next(path for path in alive if len(path) > depth and path[depth] == chosen)[: depth + 1]
+        token = draft.tokens[chosen]
+        alive = [path for path in alive if len(path) > depth and draft.tokens[path[depth]] == token]
         depth, row = depth + 1, chosen + 1
+
+
+def _read_rows(draft: Draft) -> list[int] | None:
+    """The step rows whose next-token outputs are read (None: all): the pending token, every path token and the
+    drafter's `read` tokens."""
+    if draft.read is None:
+        return None
+    return sorted({0} | {1 + i for path in draft.paths for i in path} | {1 + i for i in draft.read})
+
+
+class _Identity(dict):
+    """Every step row is its own logits row (all rows were computed)."""
+
+    def __missing__(self, row: int) -> int:
+        return row
+
+
+def _scatter(values: list[int], rows: list[int], size: int) -> list[int]:
+    """`values` (one per read row) at their rows of a list of `size`; -1 where nothing was computed."""
+    out = [-1] * size
+    for row, value in zip(rows, values, strict=True):
+        out[row] = value
+    return out
 
 
 @torch.inference_mode()
@@ -218,17 +256,22 @@ def verify_loop(
             new = [int(pending)]
         else:
             step = torch.tensor([[tokens[-1], *draft.tokens]], device=device)
+            read = _read_rows(draft)
+            keep_rows = torch.tensor(read, device=device) if read is not None else 0  # 0: every row
             if draft.positions is None and draft.visible is None:
-                logits = model(step, past_key_values=cache).logits[0]
+                logits = model(step, past_key_values=cache, logits_to_keep=keep_rows).logits[0]
             else:
-                positions, mask = _attention(draft, cached, device)
-                logits = model(step, past_key_values=cache, position_ids=positions, attention_mask=mask).logits[0]
-            predicted = logits.argmax(-1).tolist()
+                positions, mask = _attention(draft, cached, device, model, cache)
+                logits = model(step, past_key_values=cache, position_ids=positions, attention_mask=mask,
+                               logits_to_keep=keep_rows).logits[0]  # fmt: skip
+            rows = dict(zip(read, range(len(read)), strict=True)) if read is not None else _Identity()
+            argmax = logits.argmax(-1).tolist()
+            predicted = argmax if read is None else _scatter(argmax, read, len(draft.tokens) + 1)
             if sampler is None:
                 path = _verify_greedy(draft, predicted)
                 following = predicted[path[-1] + 1 if path else 0]
             else:
-                path, following = _verify_sampling(draft, logits, sampler)
+                path, following = _verify_sampling(draft, logits, rows, sampler)
             keep(cache, cached, len(draft.tokens), path)
             drafter.observe(draft, predicted, path)
             new = [draft.tokens[i] for i in path] + [following]

@@ -1,14 +1,19 @@
 """External references from transformers, on the same model, prompts and timer as ours:
 `hf` (plain `generate()`), `hf-assisted` (assisted generation with a draft model) and `hf-pld`
-(`prompt_lookup_num_tokens`). Target and draft forwards are counted with forward hooks."""
+(`prompt_lookup_num_tokens`). Target and draft forwards are counted with forward hooks.
+
+Like for like by default: `hf-pld` has `pld`'s defaults (the reference's max_ngram 3, 10 candidates) and
+`hf-assisted` drafts a constant k tokens (speculative's k=5) without transformers' confidence early exit
+(`--schedule transformers` for transformers' own policy). Nothing of a run stays in the models' configs."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from core.options import Options, option
@@ -113,9 +118,20 @@ class HFGenerate(_Generate):
     description = "transformers generate() (greedy or sampling), external reference"
 
 
+ASSISTED_SCHEDULES = ("constant", "transformers")
+
+
 @dataclass(frozen=True)
 class AssistedOptions(Options):
-    num_draft: int | None = option(None, "draft tokens per step (None: transformers' schedule)", min=1, label="k")
+    num_draft: int = option(5, "draft tokens per step (k), speculative's default", min=1, label="k")
+    schedule: str = option(
+        "constant",
+        "draft-length policy: constant = k draft tokens every step, no early exit (speculative's policy); "
+        "transformers = transformers' own policy as the draft's generation_config sets it, starting from k tokens "
+        "(defaults: num_assistant_tokens_schedule constant, and the draft stops early when its top probability "
+        "falls under assistant_confidence_threshold 0.4, re-fitted on an ROC curve if scikit-learn is installed)",
+        choices=ASSISTED_SCHEDULES,
+    )
 
 
 @register
@@ -127,17 +143,41 @@ class HFAssisted(_Generate):
     uses_draft = True
 
     def generate_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"assistant_model": self.draft.model}
-        if self.options.num_draft is not None:  # else transformers' own default schedule
-            self.draft.model.generation_config.num_assistant_tokens = self.options.num_draft
-            self.draft.model.generation_config.num_assistant_tokens_schedule = "constant"
-        return kwargs
+        return {"assistant_model": self.draft.model}
+
+    def assistant_config(self, config: GenerationConfig) -> GenerationConfig:
+        """A copy of the draft's generation config with this run's draft-length policy. transformers reads
+        num_assistant_tokens, its schedule and assistant_confidence_threshold from the ASSISTANT's generation
+        config (`AssistedCandidateGenerator` deep-copies it), not from `generate()`'s arguments."""
+        config = copy.deepcopy(config)
+        config.num_assistant_tokens = self.options.num_draft
+        if self.options.schedule == "constant":
+            config.num_assistant_tokens_schedule = "constant"
+            config.assistant_confidence_threshold = 0.0  # None would be filled with transformers' default 0.4
+        return config
+
+    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
+        # transformers writes back to the assistant's generation config (num_assistant_tokens after a "heuristic"
+        # schedule), so the draft runs with a copy and gets its own object back, whatever happens
+        model = self.draft.model
+        original = model.generation_config
+        model.generation_config = self.assistant_config(original)
+        try:
+            return super().generate(prompt_ids, stop, timer)
+        finally:
+            model.generation_config = original
 
 
 @dataclass(frozen=True)
 class HFPromptLookupOptions(Options):
-    num_candidates: int = option(10, "candidate tokens per step", min=1, label="candidates")
-    max_ngram: int = option(2, "largest n-gram to match", min=1)
+    # the same options, defaults and order as `pld` (its reference defaults), so the two compare like for like
+    max_ngram: int = option(3, "largest n-gram to match (max_matching_ngram_size)", min=1)
+    num_candidates: int = option(10, "candidate tokens per step (prompt_lookup_num_tokens)", min=1, label="candidates")
+    match: str = option(
+        "earliest",
+        "which earlier occurrence drafts: transformers' rule is fixed, the earliest with a non-empty continuation",
+        choices=("earliest",),
+    )
 
 
 @register

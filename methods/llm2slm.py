@@ -240,8 +240,9 @@ def read_record(path: str | Path, kind: str | None = "llm2slm") -> dict[str, Any
 
 
 def artifact_spec(artifact: dict[str, Any]) -> str:
-    """What to pass to `models.load` to get a recorded artifact again (local folders by absolute path)."""
-    return artifact["path"] if artifact.get("source") == "local" else artifact["spec"]
+    """What to pass to `models.load` to get a recorded artifact again: the spec it was loaded by (a local folder as
+    it was given, relative to the folder training ran in; results record it only as a portable path)."""
+    return artifact["spec"]
 
 
 def checkpoint_llm(path: str | Path) -> str:
@@ -250,8 +251,9 @@ def checkpoint_llm(path: str | Path) -> str:
 
 
 def check_artifact(recorded: dict[str, Any], loaded: dict[str, Any], role: str) -> None:
-    """Refuse a model that is not the one the checkpoint was trained for (any dtype is fine)."""
-    differ = sorted(k for k in (recorded.keys() | loaded.keys()) - {"dtype"} if recorded.get(k) != loaded.get(k))
+    """Refuse a model that is not the one the checkpoint was trained for (any dtype or attention path is fine)."""
+    ignored = {"dtype", "attention"}  # how the weights run, not which weights
+    differ = sorted(k for k in (recorded.keys() | loaded.keys()) - ignored if recorded.get(k) != loaded.get(k))
     if differ:
         raise BenchError(
             f"checkpoint was trained for the {role} {recorded.get('spec')!r}, not {loaded.get('spec')!r} "

@@ -1,20 +1,35 @@
 """`lookahead` (Fu et al. 2024, "Break the Sequential Dependency of LLM Inference Using Lookahead Decoding")
 and `jacobi` (plain Jacobi decoding, the lookahead branch's ablation baseline).
 
-Lookahead keeps a 2D window of N-1 levels x W columns: the recent Jacobi trajectory. Each step runs, in ONE
-target forward with a custom attention mask, the pending token, the window (lookahead branch) and up to G
-candidate (N-1)-grams from the n-gram pool whose key is the pending token (verification branch).
+By default `lookahead` behaves as the reference code (hao-ai-lab/LookaheadDecoding, `lade/decoding.py`,
+`jacobi_greedy_search_multilevel`). Each step runs, in ONE target forward with a custom attention mask, the
+pending token, the lookahead branch (a 2D window) and the verification branch (every (N-1)-gram the pool holds
+for the pending token, at most G):
 
-Window token (level l, column k) sits at offset 1 + k + l from the pending token and sees the pending token,
-level-0 tokens 0..k and its own column's levels 1..l: a contiguous sequence of positions, i.e. one Jacobi
-iteration per column. The target's outputs at the top level give a new level (the window slides up a level),
-and each column yields an n-gram (level 0..N-2 tokens, new output) for the pool.
+- The window has N-1 levels. Level 0 is the pending token followed by window tokens (column 0 is the pending
+  token), levels 1..N-2 have as many columns. The token at (level l, column c) sits at offset l + c from the
+  pending token and sees level 0's columns 0..c and its own column's levels 1..l: one Jacobi iteration per column.
+- Warm-up: level 0 starts as W + N - 3 tokens copied at random from the prompt; the upper levels are filled by
+  N - 2 Jacobi steps (each step drops a column and adds a level from the top level's outputs). Until the window
+  is full no guess is verified and no n-gram enters the pool.
+- Full window: column c yields the n-gram (its level-0 token, its levels 1..N-2, the top level's output) for the
+  pool; the pool keeps at most G n-grams per key, least recently inserted first out. The window then slides up a
+  level (level 0 loses its first column) and the top level becomes the outputs.
+- Verification commits at most N-1 tokens per step: a fully matched guess drops the target's token after it.
+
+Our engine prefills the prompt alone, so the window's first Jacobi level is computed in the first decode step
+instead of in the prefill: one more target forward per generation than the reference.
+
+Named improvements (off by default; recorded in the run's settings): `prompt_ngrams` (the reference's
+POOL_FROM_PROMPT: seed the pool with the prompt's n-grams and add the n-gram ending at each committed token),
+`commit_full` (commit up to N tokens per step: the target's token after a fully matched guess too), and
+`share_prefixes` (guesses that share a prefix become one token trie, so no token is computed twice).
 """
 
 from __future__ import annotations
 
+import functools
 import random
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -24,72 +39,149 @@ from methods.base import DraftingMethod, register
 from methods.decode import Draft
 
 
-def window_mask(levels: int, width: int) -> torch.Tensor:
-    """visible[i, j] among the window's tokens, laid out level by level (index l * width + k)."""
-    size = levels * width
-    visible = torch.zeros(size, size, dtype=torch.bool)
-    for level in range(levels):
-        for k in range(width):
-            row = level * width + k
-            visible[row, : k + 1] = True  # level 0, columns 0..k
-            for up in range(1, level + 1):
-                visible[row, up * width + k] = True  # own column, levels 1..level
-    return visible
+def _window() -> int:
+    return option(5, "Jacobi window size W", flags=("-W",), min=1, label="W")
+
+
+@dataclass(frozen=True)
+class LookaheadOptions(Options):
+    window: int = _window()
+    ngram: int = option(3, "n-gram size N", flags=("-N",), min=2, label="N")
+    guess: int = option(5, "n-grams kept per key in the pool and verified per step, G", flags=("-G",), min=0, label="G")
+    prompt_ngrams: bool = option(False, "seed the pool with the prompt's n-grams and add each output n-gram")
+    commit_full: bool = option(False, "commit up to N tokens per step (the reference commits at most N-1)")
+    share_prefixes: bool = option(False, "verify guesses with a shared prefix as one token trie")
+
+
+@dataclass(frozen=True)
+class JacobiOptions(Options):
+    window: int = _window()
+
+
+class NgramPool:
+    """Up to `size` n-gram tails per first token, in insertion order; re-inserting one moves it to the end and the
+    oldest leaves when a key is full (the reference's `GUESS_SET_SIZE` LRU lists)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.grams: dict[int, dict[tuple[int, ...], None]] = {}
+
+    def add(self, gram: tuple[int, ...]) -> None:
+        if self.size <= 0:
+            return
+        tails = self.grams.setdefault(gram[0], {})
+        tails.pop(gram[1:], None)
+        tails[gram[1:]] = None
+        if len(tails) > self.size:
+            del tails[next(iter(tails))]
+
+    def get(self, key: int) -> list[tuple[int, ...]]:
+        return list(self.grams.get(key, ()))
+
+
+def guess_tree(guesses: list[tuple[int, ...]], start: int, share: bool) -> tuple[list[int], list[int], list[list[int]]]:
+    """(tokens, parent index or -1, path per guess) of the guesses laid out from index `start`: one chain each, or
+    with `share` one trie whose nodes are unique per (parent, token)."""
+    tokens: list[int] = []
+    parents: list[int] = []
+    paths: list[list[int]] = []
+    nodes: dict[tuple[int, int], int] = {}
+    for gram in guesses:
+        path, parent = [], -1
+        for token in gram:
+            node = nodes.get((parent, token)) if share else None
+            if node is None:
+                node = start + len(tokens)
+                tokens.append(token)
+                parents.append(parent)
+                nodes[(parent, token)] = node
+            path.append(node)
+            parent = node
+        paths.append(path)
+    return tokens, parents, paths
+
+
+@functools.lru_cache(maxsize=64)
+def window_layout(sizes: tuple[int, ...]) -> tuple[list[int], dict[tuple[int, int], int], torch.Tensor]:
+    """Offsets, index by (level, column) and visibility of a window whose levels have these sizes (level 0 without
+    the pending token, which is its column 0), laid out level by level. Token (level l, column c) sits at offset
+    l + c and sees level 0's columns 1..c and its own column's levels 1..l (and, as every token, the pending one)."""
+    cells = [(level, j + (1 if level == 0 else 0)) for level, size in enumerate(sizes) for j in range(size)]
+    where = {cell: i for i, cell in enumerate(cells)}
+    visible = torch.zeros(len(cells), len(cells), dtype=torch.bool)
+    for i, (level, column) in enumerate(cells):
+        for c in range(1, column + 1):
+            visible[i, where[(0, c)]] = True
+        for up in range(1, level + 1):
+            visible[i, where[(up, column)]] = True
+    return [level + column for level, column in cells], where, visible
 
 
 class LookaheadDrafter:
-    """The lookahead branch (Jacobi window) and the verification branch (n-gram pool), per generation."""
+    """The lookahead branch (the Jacobi window) and the verification branch (the n-gram pool), per generation."""
 
     draft_forwards = 0
 
-    def __init__(self, window: int, ngram: int, guess: int, seed_from_prompt: bool, seed: int = 0) -> None:
-        self.W, self.N, self.G = window, ngram, guess
-        self.seed_from_prompt = seed_from_prompt
+    def __init__(self, options: LookaheadOptions, seed: int = 0) -> None:
+        self.o = options
         self.rng = random.Random(seed)
-        self.levels: list[list[int]] = []
-        self.pool: dict[int, OrderedDict[tuple[int, ...], None]] = {}
-        n_window = (ngram - 1) * window
-        self.positions = [1 + k + level for level in range(ngram - 1) for k in range(window)]
-        self.window_visible = window_mask(ngram - 1, window)
-        self.n_window = n_window
+        self.levels: list[list[int]] = []  # level 0 without the pending token, then levels 1..
+        self.pool = NgramPool(options.guess)
+        self.context: list[int] = []
 
-    def _add(self, gram: tuple[int, ...]) -> None:
-        grams = self.pool.setdefault(gram[0], OrderedDict())
-        grams.pop(gram[1:], None)
-        grams[gram[1:]] = None  # most recent last
-        if len(grams) > max(self.G, 1) * 4:
-            grams.popitem(last=False)
+    @property
+    def full(self) -> bool:
+        return len(self.levels) == self.o.ngram - 1
 
     def _start(self, context: list[int]) -> None:
-        self.levels = [[self.rng.choice(context) for _ in range(self.W)] for _ in range(self.N - 1)]
-        if self.seed_from_prompt:
-            for i in range(len(context) - self.N + 1):
-                self._add(tuple(context[i : i + self.N]))
+        prompt = context[:-1] or context
+        self.levels = [[self.rng.choice(prompt) for _ in range(self.o.window + self.o.ngram - 3)]]
+        if self.o.prompt_ngrams:
+            for i in range(len(prompt) - self.o.ngram + 1):
+                self.pool.add(tuple(prompt[i : i + self.o.ngram]))
 
     def propose(self, context: list[int], budget: int) -> Draft:
         if not self.levels:
             self._start(context)
-        guesses = list(self.pool.get(context[-1], {}))[-self.G :] if self.G else []
-        guesses = [g[:budget] for g in reversed(guesses) if budget > 0]
-        tokens = [t for level in self.levels for t in level]
-        positions = list(self.positions)
-        paths = []
-        for g in guesses:
-            paths.append(list(range(len(tokens), len(tokens) + len(g))))
-            tokens += g
-            positions += range(1, len(g) + 1)
-        visible = torch.zeros(len(tokens), len(tokens), dtype=torch.bool)
-        visible[: self.n_window, : self.n_window] = self.window_visible
-        for path in paths:  # each guess is a causal chain that sees only itself (and the pending token)
-            visible[path[0] : path[-1] + 1, path[0] : path[-1] + 1] = torch.ones(len(path), len(path)).tril() > 0
-        return Draft(tokens, paths, positions, visible)
+        self.context = context
+        offsets, where, window_visible = window_layout(tuple(len(row) for row in self.levels))
+        tokens = [t for row in self.levels for t in row]
+        n_window = len(tokens)
+        guesses = self.pool.get(context[-1]) if self.full and budget > 0 else []
+        g_tokens, parents, g_paths = guess_tree(guesses, n_window, self.o.share_prefixes)
+        accept = self.o.ngram - (1 if self.o.commit_full else 2)  # guess tokens one step may accept
+        paths = [path[: min(accept, budget)] for path in g_paths]
+        visible = torch.zeros(n_window + len(g_tokens), n_window + len(g_tokens), dtype=torch.bool)
+        visible[:n_window, :n_window] = window_visible
+        depths = []
+        for k, parent in enumerate(parents):  # a guess token sees itself and its ancestors
+            node = n_window + k
+            visible[node, node] = True
+            if parent >= 0:
+                visible[node] |= visible[parent]
+            depths.append(1 if parent < 0 else depths[parent - n_window] + 1)
+        top = len(self.levels) - 1
+        read = [where[(top, c)] for c in range(1 if top == 0 else 0, len(self.levels[0]) + 1)]
+        return Draft(tokens + g_tokens, [p for p in paths if p], offsets + depths, visible, read=read)
+
+    def _outputs(self, draft: Draft, predicted: list[int]) -> list[int]:
+        """The target's next token after each column of the top level (level 0: column 0 is the pending token)."""
+        outputs = [predicted[1 + i] for i in draft.read]
+        return [predicted[0], *outputs] if len(self.levels) == 1 else outputs
 
     def observe(self, draft: Draft, predicted: list[int], accepted: list[int]) -> None:
-        top = (self.N - 2) * self.W
-        outputs = predicted[1 + top : 1 + top + self.W]  # the target's next token after each top-level token
-        for k in range(self.W):
-            self._add(tuple(level[k] for level in self.levels) + (outputs[k],))
-        self.levels = self.levels[1:] + [outputs]
+        outputs = self._outputs(draft, predicted)
+        if not self.full:  # warm-up: every level loses its first column, the top level's outputs become a level
+            self.levels = [row[1:] for row in self.levels] + [outputs[1:]]
+        else:
+            for c, key in enumerate([self.context[-1], *self.levels[0]]):
+                self.pool.add((key, *(row[c] for row in self.levels[1:]), outputs[c]))
+            self.levels = [self.levels[1][1:], *self.levels[2:], outputs] if len(self.levels) > 1 else [outputs[1:]]
+        if self.o.prompt_ngrams:  # the n-gram ending at each committed token
+            following = predicted[accepted[-1] + 1 if accepted else 0]
+            history = self.context + [draft.tokens[i] for i in accepted] + [following]
+            for end in range(max(len(self.context) + 1, self.o.ngram), len(history) + 1):
+                self.pool.add(tuple(history[end - self.o.ngram : end]))
 
 
 class JacobiDrafter:
@@ -113,23 +205,6 @@ class JacobiDrafter:
         self.guess = (refined + self.guess[len(refined) :])[: self.W] if refined else []
 
 
-def _window() -> int:
-    return option(5, "Jacobi window size W", flags=("-W",), min=1, label="W")
-
-
-@dataclass(frozen=True)
-class LookaheadOptions(Options):
-    window: int = _window()
-    ngram: int = option(3, "n-gram size N", flags=("-N",), min=2, label="N")
-    guess: int = option(5, "candidate n-grams verified per step G", flags=("-G",), min=0, label="G")
-    prompt_ngrams: bool = option(True, "seed the n-gram pool with the prompt's n-grams")
-
-
-@dataclass(frozen=True)
-class JacobiOptions(Options):
-    window: int = _window()
-
-
 @register
 class Lookahead(DraftingMethod):
     name = "lookahead"
@@ -138,8 +213,7 @@ class Lookahead(DraftingMethod):
     Options = LookaheadOptions
 
     def drafter(self) -> LookaheadDrafter:
-        o = self.options
-        return LookaheadDrafter(o.window, o.ngram, o.guess, o.prompt_ngrams)
+        return LookaheadDrafter(self.options)
 
 
 @register

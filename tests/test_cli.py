@@ -106,7 +106,7 @@ def test_unknown_preset_fetch(monkeypatch, capsys):
 def test_list(monkeypatch, capsys):
     """Methods with their options and defaults, tasks with their metrics and options, model presets."""
     expected = {
-        "methods": ("ar", "--window 5, --ngram 3, --guess 5, --prompt-ngrams True", "needs --draft"),
+        "methods": ("ar", "--window 5, --ngram 3, --guess 5, --prompt-ngrams False", "needs --draft"),
         "tasks": ("mtbench", "bleu (higher is better)", "--split newstest2014"),
         "models": ("smollm2-135m",),
     }

@@ -16,7 +16,7 @@ from methods.ar import Autoregressive
 from methods.base import METHODS
 from methods.decode import Draft, Sampler, StopRule, _attention, verify_loop
 from methods.kvcache import keep, new_cache
-from methods.lookahead import LookaheadDrafter
+from methods.lookahead import LookaheadDrafter, LookaheadOptions
 from methods.speculative import DraftModelDrafter
 from tests.conftest import make_model, make_tokenizer
 
@@ -31,6 +31,8 @@ SETTINGS = [
     ("lookahead", {"window": 3, "ngram": 3, "guess": 3}),
     ("lookahead", {"window": 5, "ngram": 4, "guess": 7, "prompt_ngrams": False}),
     ("lookahead", {"window": 1, "ngram": 2, "guess": 1}),
+    ("lookahead", {"window": 4, "ngram": 4, "guess": 4, "prompt_ngrams": True, "commit_full": True}),
+    ("lookahead", {"window": 3, "ngram": 5, "guess": 6, "prompt_ngrams": True, "share_prefixes": True}),
     ("jacobi", {"window": 4}),
     ("speculative", {"num_draft": 3}),
     ("speculative", {"num_draft": 2, "adaptive": True}),
@@ -224,7 +226,14 @@ def test_lookahead_sampling_matches_target_distribution(small_pair):
     sampler = Sampler(temperature=1.0, seed=0)
     prompt, steps, n = [1, 2, 3, 1, 2, 4, 1, 2], 3, 3000
     exact = exact_distribution(target, prompt, steps, sampler)
-    got = empirical(lambda: LookaheadDrafter(2, 3, 4, True), target, prompt, steps, sampler, n)
+    got = empirical(
+        lambda: LookaheadDrafter(LookaheadOptions(window=2, ngram=3, guess=4, prompt_ngrams=True)),
+        target,
+        prompt,
+        steps,
+        sampler,
+        n,
+    )
     assert not chi_square_rejects(got, exact, n)
 
 

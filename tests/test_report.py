@@ -145,7 +145,7 @@ def test_impossible_numbers_are_flagged_not_reported(swept, tmp_path):
 def test_against_marks_other_models_and_hardware_not_comparable(swept):
     out = swept
     df = rep.table(rep.find_runs([out]))
-    pld = "max_ngram=3 candidates=10"  # the resolved defaults, as every settings label carries them
+    pld = "max_ngram=3 candidates=10 match=earliest"  # the resolved defaults, as every settings label carries them
     reference = pd.DataFrame(
         [
             dict(paper="p", model=df["model_id"].iloc[0], hardware=str(df["device_name"].iloc[0]).split()[0],
