@@ -13,11 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.report import Run, quality_metrics, settings_label, target_generates  # noqa: E402
+from bench.report import Run, quality_metrics, settings_label, target_generates, task_label  # noqa: E402
 
 
 def _label(row: pd.Series) -> str:
-    return f"{row['method']} {row['settings']}".strip()
+    return f"{row['method']} {row.get('brief', row['settings'])}".strip()
 
 
 def _where(row: pd.Series) -> str:
@@ -56,10 +56,11 @@ def speedup_by_task(df: pd.DataFrame, path: Path) -> Path | None:
                 err = np.abs(bounds - mine["speedup_mean"].to_numpy())
                 ax.errorbar(x, mine["speedup_mean"], yerr=err, fmt="none", ecolor="black", capsize=2, lw=0.8)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(range(len(wheres)), wheres)
+        crowded = sum(map(len, wheres)) > 90  # long task labels side by side would overlap
+        ax.set_xticks(range(len(wheres)), wheres, rotation=12 if crowded else 0, ha="right" if crowded else "center")
         ax.set_ylabel("speedup over AR")
         ax.set_title(f"{model}: speedup by task (bars: ratio of totals; whiskers: 95% CI of the per-sample mean)")
-        ax.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+        ax.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2 if crowded else -0.08))
     return _save(fig, path)
 
 
@@ -125,7 +126,7 @@ def token_latency(runs: list[Run], path: Path) -> Path | None:
             values = [
                 1e3 * s / a for rec in records for s, a in zip(rec["step_s"], rec["accepted"][1:], strict=False) if a
             ]
-            label = _run_label(run) if role == "method" else f"ar ({run.config['task']}, {run.config['model']})"
+            label = _run_label(run) if role == "method" else f"ar ({task_label(run.config)}, {run.config['model']})"
             if values and label not in labels:  # one box per label: repeated runs show their first
                 data.append(values)
                 labels.append(label)
@@ -148,11 +149,12 @@ def sweep(df: pd.DataFrame, path: Path) -> Path | None:
     fig, axes = plt.subplots(len(groups), 1, figsize=(9, 3.6 * len(groups)), squeeze=False)
     for ax, ((model, task, method), g) in zip(axes[:, 0], groups, strict=True):
         g = g.drop_duplicates("settings", keep="last").sort_values("tau")
+        ticks = g["brief"] if "brief" in g else g["settings"]
         x = range(len(g))
         ax.plot(x, g["speedup"], marker="o", label="speedup")
         ax.plot(x, g["tau"], marker="s", ls=":", label="tau (tokens / forward)")
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(list(x), g["settings"], rotation=15, ha="right", fontsize=8)
+        ax.set_xticks(list(x), ticks, rotation=15, ha="right", fontsize=8)
         ax.set_title(f"{method} on {task} ({model})")
         ax.set_ylabel("ratio")
         ax.legend(fontsize=8)
@@ -160,7 +162,9 @@ def sweep(df: pd.DataFrame, path: Path) -> Path | None:
 
 
 def _run_label(run: Run) -> str:
-    return f"{run.config['method']} {settings_label(run.config)} ({run.config['task']})".replace("  ", " ")
+    return f"{run.config['method']} {settings_label(run.config, brief=True)} ({task_label(run.config)})".replace(
+        "  ", " "
+    )
 
 
 def all_plots(df: pd.DataFrame, runs: list[Run], out: Path) -> list[Path]:

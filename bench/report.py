@@ -86,16 +86,19 @@ def failed_cells(paths: list[Path]) -> list[tuple[str, str]]:
     return out
 
 
-def settings_label(config: dict[str, Any]) -> str:
-    """The method's resolved settings in the papers' words: "W=5 N=3 G=5 prompt_ngrams=True", "k=4 draft=...",
-    "T=0.7"; options in the order of the method's schema, each under its label."""
+def settings_label(config: dict[str, Any], brief: bool = False) -> str:
+    """The method's resolved settings in the papers' words: "W=5 N=3 G=5 prompt_ngrams=False ...", "k=4 ...
+    draft=...", "T=0.7"; options in the order of the method's schema, each under its label. `brief` (figures):
+    the options with a paper label (W, N, G, k, candidates) and the others only where they are not the default."""
     options = config.get("options", {})
     try:
-        labels = {s.name: s.label for s in METHODS.get(config["method"]).Options.specs()}
+        specs = {s.name: s for s in METHODS.get(config["method"]).Options.specs()}
     except BenchError:  # a method this installation does not have (a plugin): its option names as they are
-        labels = {}
-    order = [n for n in labels if n in options] + sorted(set(options) - set(labels))
-    parts = [f"{labels.get(k, k)}={options[k]}" for k in order]
+        specs = {}
+    order = [n for n in specs if n in options] + sorted(set(options) - set(specs))
+    if brief:
+        order = [n for n in order if n not in specs or specs[n].label != n or options[n] != specs[n].default]
+    parts = [f"{specs[k].label if k in specs else k}={options[k]}" for k in order]
     if config.get("draft"):
         parts.append(f"draft={config['draft']}")
     if config.get("temperature"):
@@ -164,17 +167,17 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
         "torch": env.get("torch"), "transformers": env.get("transformers"), "commit": env.get("git_commit"),
         "run": str(run.root),
     }  # fmt: skip
-    lanes = [("method", config["method"], settings_label(config), run.method)]
+    lanes = [("method", config["method"], settings_label(config), settings_label(config, brief=True), run.method)]
     if run.baseline and not config.get("baseline_run"):
-        lanes.append(("baseline", "ar", "", run.baseline))
+        lanes.append(("baseline", "ar", "", "", run.baseline))
     rows = []
-    for role, method, settings, records in lanes:
+    for role, method, settings, brief, records in lanes:
         categories = sorted({r.get("category") for r in records} - {None})
         groups = [("all", records)] + [(c, [r for r in records if r.get("category") == c]) for c in categories]
         for category, group in groups if len(categories) > 1 else groups[:1]:
             if not group:
                 continue
-            row = common | {"method": method, "settings": settings, "category": category}
+            row = common | {"method": method, "settings": settings, "brief": brief, "category": category}
             row |= aggregate(group, run.baseline if run.same_hardware else [])
             if category == "all":
                 row |= _summary_columns(summary.get(role, {}), summary.get("baseline", {}))
@@ -190,7 +193,7 @@ LEAD = ["model", "method", "settings", "task", "category", "dtype", "samples", "
         "speedup", "speedup_mean", "speedup_ci_low", "speedup_ci_high", "tau", "overhead", "exact_rate",
         "ttft_ms_median", "ttft_ms_p90", "tpot_ms_median", "tpot_ms_p90", "encode_ms_median"]  # fmt: skip
 TRAIL = ["roofline_tokens_per_s", "roofline_fraction", "baseline_tokens_per_s", "paired_samples", "new_tokens",
-         "flag", "model_id", "device", "device_name", "torch", "transformers", "commit", "run"]  # fmt: skip
+         "flag", "brief", "model_id", "device", "device_name", "torch", "transformers", "commit", "run"]  # fmt: skip
 
 
 def table(runs: list[Run]) -> pd.DataFrame:

