@@ -126,13 +126,18 @@ def token_latency(runs: list[Run], path: Path) -> Path | None:
             values = [
                 1e3 * s / a for rec in records for s, a in zip(rec["step_s"], rec["accepted"][1:], strict=False) if a
             ]
-            label = _run_label(run) if role == "method" else f"ar ({task_label(run.config)}, {run.config['model']})"
+            label = (
+                _run_label(run)
+                if role == "method"
+                else f"ar ({task_label(run.config)}, {Path(run.config['model']).name})"
+            )
             if values and label not in labels:  # one box per label: repeated runs show their first
                 data.append(values)
                 labels.append(label)
     if not data:
         return None
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(data) + 1.5))
+    width = 6 + 0.055 * max(map(len, labels))  # room for the longest label beside the plot
+    fig, ax = plt.subplots(figsize=(width, 0.45 * len(data) + 1.5), layout="constrained")
     ax.boxplot(data, orientation="horizontal", showfliers=False)
     ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=7)
     ax.set_xlabel("ms per generated token (after the first)")
@@ -162,9 +167,8 @@ def sweep(df: pd.DataFrame, path: Path) -> Path | None:
 
 
 def _run_label(run: Run) -> str:
-    return f"{run.config['method']} {settings_label(run.config, brief=True)} ({task_label(run.config)})".replace(
-        "  ", " "
-    )
+    where = f"{task_label(run.config)}, {Path(run.config['model']).name}"
+    return f"{run.config['method']} {settings_label(run.config, brief=True)} ({where})".replace("  ", " ")
 
 
 def all_plots(df: pd.DataFrame, runs: list[Run], out: Path) -> list[Path]:
