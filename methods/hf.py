@@ -16,10 +16,12 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from core.errors import BenchError
 from core.options import Options, option
 from core.timing import Timer
 from methods.base import Decoded, Method, register
 from methods.decode import StopRule
+from methods.pld import PromptLookupOptions
 
 
 class _MarkingStreamer(BaseStreamer):
@@ -169,15 +171,12 @@ class HFAssisted(_Generate):
 
 
 @dataclass(frozen=True)
-class HFPromptLookupOptions(Options):
-    # the same options, defaults and order as `pld` (its reference defaults), so the two compare like for like
-    max_ngram: int = option(3, "largest n-gram to match (max_matching_ngram_size)", min=1)
-    num_candidates: int = option(10, "candidate tokens per step (prompt_lookup_num_tokens)", min=1, label="candidates")
-    match: str = option(
-        "earliest",
-        "which earlier occurrence drafts: transformers' rule is fixed, the earliest with a non-empty continuation",
-        choices=("earliest",),
-    )
+class HFPromptLookupOptions(PromptLookupOptions):
+    """`pld`'s options and defaults, so the two compare like for like; transformers' match rule is fixed."""
+
+    def check(self, owner: str) -> None:
+        if self.match != "earliest":
+            raise BenchError(f"--match must be one of earliest for {owner}, transformers' rule (got {self.match!r})")
 
 
 @register

