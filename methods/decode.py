@@ -1,9 +1,10 @@
 """The decode engine shared by every method that calls the model's forward itself.
 
-One loop: prefill; then repeatedly ask a drafter for candidate tokens (none for autoregressive decoding), run
-the pending token and the candidates through ONE target forward, verify the candidate paths (greedy: longest
-path matching the target's argmax; sampling: rejection sampling, so the output distribution is the target's),
-commit the accepted path plus one token from the target, and keep only the committed positions in the KV cache.
+One loop: repeatedly ask a drafter for candidate tokens (none for autoregressive decoding), run the pending token
+(at the first step: the whole prompt, its last token pending) and the candidates through ONE target forward,
+verify the candidate paths (greedy: longest path matching the target's argmax; sampling: rejection sampling, so
+the output distribution is the target's), commit the accepted path plus one token from the target, and keep only
+the committed positions in the KV cache.
 
 Drafters describe their candidates as a `Draft`: a chain (speculative, prompt lookup) needs nothing but tokens;
 Lookahead passes several paths plus extra tokens with their own positions and attention mask.
@@ -129,18 +130,20 @@ class LoopResult:
 
 
 def _attention(
-    draft: Draft, cached: int, device: torch.device, model: Any = None, cache: Any = None
+    draft: Draft, cached: int, device: torch.device, model: Any = None, cache: Any = None, prefix: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
-    """Position ids and the additive 4D attention mask for [pending, *draft.tokens] after `cached` positions.
+    """Position ids and the additive 4D attention mask for [`prefix` tokens, pending, *draft.tokens] after
+    `cached` positions (the prefix: the prompt's uncached tokens, a causal chain before the pending token).
 
     With the model and its cache, the mask fits every layer type (a {layer type: mask} dict for models mixing
     full and sliding-window layers; see methods.attention); without, one full-attention mask in float32."""
-    n = len(draft.tokens)
-    positions = cached + torch.tensor([0, *(draft.positions or range(1, n + 1))], device=device)
-    visible = torch.zeros(1 + n, 1 + n, dtype=torch.bool, device=device)
-    visible[:, 0] = True  # everything attends to the pending token (and the cached prefix)
+    n, m = len(draft.tokens), prefix + 1
+    offsets = torch.tensor(list(draft.positions or range(1, n + 1)), dtype=torch.long)
+    positions = cached + torch.cat([torch.arange(m), prefix + offsets]).to(device)
+    visible = torch.zeros(m + n, m + n, dtype=torch.bool, device=device)
+    visible[:, :m] = torch.ones(m + n, m, dtype=torch.bool).tril()  # the prefix and pending token: causal, seen by all
     chain = torch.ones(n, n, dtype=torch.bool).tril()
-    visible[1:, 1:] = (draft.visible if draft.visible is not None else chain).to(device)
+    visible[m:, m:] = (draft.visible if draft.visible is not None else chain).to(device)
     return positions.unsqueeze(0), step_mask(visible, positions, cached, model, cache)
 
 
@@ -223,6 +226,34 @@ def _scatter(values: list[int], rows: list[int], size: int) -> list[int]:
     return out
 
 
+def _verify_step(
+    model: Any, cache: Any, inputs: list[int], cached: int, draft: Draft, sampler: Sampler | None
+) -> tuple[list[int], list[int], int]:
+    """One target forward over `inputs` (uncached tokens, the pending one last) and the draft; keeps the
+    accepted positions in the cache. Returns the target's argmax per step row, the accepted indices, the next token."""
+    device = next(model.parameters()).device
+    prefix = len(inputs) - 1
+    step = torch.tensor([[*inputs, *draft.tokens]], device=device)
+    read = _read_rows(draft)
+    rows = torch.tensor([prefix + r for r in read], device=device) if read is not None else 1 + len(draft.tokens)
+    if draft.positions is None and draft.visible is None:
+        logits = model(step, past_key_values=cache, logits_to_keep=rows).logits[0]
+    else:
+        positions, mask = _attention(draft, cached, device, model, cache, prefix)
+        logits = model(step, past_key_values=cache, position_ids=positions, attention_mask=mask,
+                       logits_to_keep=rows).logits[0]  # fmt: skip
+    argmax = logits.argmax(-1).tolist()
+    predicted = argmax if read is None else _scatter(argmax, read, len(draft.tokens) + 1)
+    if sampler is None:
+        path = _verify_greedy(draft, predicted)
+        following = predicted[path[-1] + 1 if path else 0]
+    else:
+        index = dict(zip(read, range(len(read)), strict=True)) if read is not None else _Identity()
+        path, following = _verify_sampling(draft, logits, index, sampler)
+    keep(cache, cached + prefix, len(draft.tokens), path)
+    return predicted, path, following
+
+
 @torch.inference_mode()
 def verify_loop(
     model: Any,
@@ -234,48 +265,29 @@ def verify_loop(
 ) -> LoopResult:
     """Decode with the target model, verifying `drafter`'s candidates (no drafter: autoregressive decoding).
 
-    Greedy without a sampler, rejection sampling with one. Marks `timer` after the prefill and after every
-    target forward; returns the new tokens and how many tokens each target forward committed.
+    The first forward runs the prompt (its last token pending) together with the first draft, as transformers'
+    assisted generation and the Lookahead reference do. Greedy without a sampler, rejection sampling with one.
+    Marks `timer` after every target forward; returns the new tokens and how many tokens each forward committed.
     """
     device = next(model.parameters()).device
     cache = new_cache(model)
     timer.start()
-    logits = model(torch.tensor([prompt_ids], device=device), past_key_values=cache, logits_to_keep=1).logits
-    pending = logits[0, -1].argmax() if sampler is None else torch.tensor(sampler.sample(sampler.probs(logits[0, -1])))
-    tokens = [int(pending)]
-    accepted_counts = [1]
-    timer.mark()
-    end = stop.end(tokens, 0)
+    tokens: list[int] = []
+    accepted_counts: list[int] = []
+    end = None
     while end is None:
-        cached = len(prompt_ids) + len(tokens) - 1
+        inputs = tokens[-1:] or prompt_ids  # the uncached tokens, the pending one last
+        cached = len(prompt_ids) + len(tokens) - len(inputs)
         budget = stop.max_new_tokens - len(tokens) - 1
         draft = drafter.propose(prompt_ids + tokens, budget) if drafter is not None and budget > 0 else None
         if not draft or not draft.tokens:
-            logits = model(pending.view(1, 1).to(device), past_key_values=cache).logits[0, -1]
-            pending = logits.argmax() if sampler is None else torch.tensor(sampler.sample(sampler.probs(logits)))
-            new = [int(pending)]
+            ids = torch.tensor([inputs], device=device)
+            logits = model(ids, past_key_values=cache, logits_to_keep=1).logits[0, -1]
+            new = [int(logits.argmax()) if sampler is None else sampler.sample(sampler.probs(logits))]
         else:
-            step = torch.tensor([[tokens[-1], *draft.tokens]], device=device)
-            read = _read_rows(draft)
-            keep_rows = torch.tensor(read, device=device) if read is not None else 0  # 0: every row
-            if draft.positions is None and draft.visible is None:
-                logits = model(step, past_key_values=cache, logits_to_keep=keep_rows).logits[0]
-            else:
-                positions, mask = _attention(draft, cached, device, model, cache)
-                logits = model(step, past_key_values=cache, position_ids=positions, attention_mask=mask,
-                               logits_to_keep=keep_rows).logits[0]  # fmt: skip
-            rows = dict(zip(read, range(len(read)), strict=True)) if read is not None else _Identity()
-            argmax = logits.argmax(-1).tolist()
-            predicted = argmax if read is None else _scatter(argmax, read, len(draft.tokens) + 1)
-            if sampler is None:
-                path = _verify_greedy(draft, predicted)
-                following = predicted[path[-1] + 1 if path else 0]
-            else:
-                path, following = _verify_sampling(draft, logits, rows, sampler)
-            keep(cache, cached, len(draft.tokens), path)
+            predicted, path, following = _verify_step(model, cache, inputs, cached, draft, sampler)
             drafter.observe(draft, predicted, path)
             new = [draft.tokens[i] for i in path] + [following]
-            pending = torch.tensor(following)
         start = len(tokens)
         tokens.extend(new)
         accepted_counts.append(len(new))

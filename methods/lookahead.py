@@ -17,8 +17,8 @@ for the pending token, at most G):
   level (level 0 loses its first column) and the top level becomes the outputs.
 - Verification commits at most N-1 tokens per step: a fully matched guess drops the target's token after it.
 
-Our engine prefills the prompt alone, so the window's first Jacobi level is computed in the first decode step
-instead of in the prefill: one more target forward per generation than the reference.
+As in the reference, the first forward runs the prompt together with the first window (the engine merges the
+prefill with the first step), so the first Jacobi level is computed with the prompt.
 
 Named improvements (off by default; recorded in the run's settings): `prompt_ngrams` (the reference's
 POOL_FROM_PROMPT: seed the pool with the prompt's n-grams and add the n-gram ending at each committed token),
@@ -134,11 +134,10 @@ class LookaheadDrafter:
         return len(self.levels) == self.o.ngram - 1
 
     def _start(self, context: list[int]) -> None:
-        prompt = context[:-1] or context
-        self.levels = [[self.rng.choice(prompt) for _ in range(self.o.window + self.o.ngram - 3)]]
+        self.levels = [[self.rng.choice(context) for _ in range(self.o.window + self.o.ngram - 3)]]
         if self.o.prompt_ngrams:
-            for i in range(len(prompt) - self.o.ngram + 1):
-                self.pool.add(tuple(prompt[i : i + self.o.ngram]))
+            for i in range(len(context) - self.o.ngram + 1):
+                self.pool.add(tuple(context[i : i + self.o.ngram]))
 
     def propose(self, context: list[int], budget: int) -> Draft:
         if not self.levels:

@@ -103,6 +103,21 @@ def test_verify_loop_with_drafts_equals_ar(tiny, k, wrong_every, max_new):
         assert len(result.accepted) < max_new  # drafting saved target forwards
 
 
+def test_first_forward_runs_the_prompt_with_the_first_draft(tiny):
+    ids = tiny.tokenizer(PROMPTS[1])["input_ids"]
+    truth = Autoregressive(tiny, None).generate(ids, StopRule(20), Timer()).tokens
+    drafter = OracleDrafter(len(ids), truth, 4, 1000)
+    calls = []
+    hook = tiny.model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs), with_kwargs=True)
+    try:
+        result = verify_loop(tiny.model, ids, StopRule(20), Timer(), drafter=drafter)
+    finally:
+        hook.remove()
+    assert result.tokens == truth
+    assert result.accepted == [5, 5, 5, 5]  # no separate prefill: the prompt's forward verifies 4 drafted tokens
+    assert len(calls) == 4
+
+
 def test_verify_loop_eos_inside_accepted_block(tiny):
     ids = tiny.tokenizer(PROMPTS[2])["input_ids"]
     truth = Autoregressive(tiny, None).generate(ids, StopRule(40), Timer()).tokens

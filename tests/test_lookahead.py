@@ -84,6 +84,6 @@ def test_shared_prefixes_become_one_trie():
 def test_prompt_pool_only_when_asked():
     assert LookaheadDrafter(LookaheadOptions(ngram=3, prompt_ngrams=False)).pool.grams == {}
     drafter = LookaheadDrafter(LookaheadOptions(ngram=3, prompt_ngrams=True))
-    drafter.propose(PROMPT + [1], 50)
+    drafter.propose(PROMPT, 50)  # the first step: the prompt, its last token pending
     assert drafter.pool.get(5) == [(6, 7)]
     assert drafter.pool.get(6) == [(7, 8), (7, 9)]
