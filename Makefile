@@ -10,7 +10,7 @@ export DECODEBENCH_DATA ?= $(abspath ../shared/data)
 endif
 
 .PHONY: setup test lint format demo bench-timer bench-ar bench-lookahead bench-attention check-ci compare-references \
-	reproduce-cpu reproduce-llm2slm-cpu reproduce-all clean
+	reproduce-cpu reproduce-specbench-groups reproduce-llm2slm-cpu reproduce-all clean
 
 setup: $(VENV)/.installed
 
@@ -74,6 +74,11 @@ reproduce-cpu: setup
 	$(BIN)/bench sweep results/configs/cpu.yaml --no-report
 	$(BIN)/bench sweep results/configs/cpu-spec.yaml --no-report
 	$(BIN)/bench report results/cpu/runs --out results/cpu --against lookahead --against spec-bench --against llm-to-slm
+
+# Spec-Bench's per-group table (6 groups + overall) with 3 repeats, CPU-sized (about 25 minutes here).
+reproduce-specbench-groups: setup
+	$(BIN)/bench sweep results/configs/specbench-groups.yaml --no-report
+	$(BIN)/bench report results/specbench-groups/runs --out results/specbench-groups --against spec-bench
 
 # LLM-to-SLM on CPU (about 70 minutes): qwen2.5-coder-0.5b -> smollm2-135m (different tokenizers: adapter path),
 # against the same SLM fine-tuned alone with the same budget; both trained on newstest2016, scored on newstest2014.

@@ -98,12 +98,13 @@ def report(
     runs: list[Path] = typer.Argument(..., help="Run directories, or folders holding them (searched recursively)."),
     out: Path = typer.Option(Path("runs/report"), help="Folder for summary.csv, summary.md and the plots."),
     against: list[Paper] = typer.Option([], help="Compare with a paper's published numbers."),
-    plots: bool = typer.Option(True, help="Write the PNG figures."),
+    plots: bool = typer.Option(True, help="Write the figures."),
+    fmt: str = typer.Option("png", "--format", help="Figure file format: png, pdf or svg."),
 ) -> None:
     """Tables (CSV + markdown), plots and paper-vs-measured comparisons from finished runs."""
     from bench.report import write_report
 
-    write_report(runs, out, [p.value for p in against], plots, typer.echo)
+    write_report(runs, out, [p.value for p in against], plots, typer.echo, fmt)
 
 
 @app.command()
@@ -115,18 +116,23 @@ def sweep(
     executor: Executor = typer.Option(Executor.local, help="This process, or one Ray task per cell."),
     address: str | None = typer.Option(None, help="ray: the cluster to join (auto or HOST:PORT; default: start one)."),
     max_retries: int = typer.Option(0, help="Retries of a failing cell (error, lost worker) before it is recorded."),
+    fmt: str = typer.Option("png", "--format", help="The report's figure file format: png, pdf or svg."),
 ) -> None:
     """Run a grid of cells into one results tree; finished cells are skipped, one AR baseline per model/task."""
     from bench.report import write_report
     from bench.sweep import run_sweep
 
+    if report:
+        from bench.plot_style import check_format
+
+        check_format(fmt)  # before the cells run, not after
     status = run_sweep(config, out, sys.stderr.isatty(), typer.echo, executor.value, address, max_retries)
     failed = {k: v for k, v in status["cells"].items() if v["status"] == "failed"}
     typer.echo(f"sweep: {len(status['cells']) - len(failed)} cells done, {len(failed)} failed; {status['root']}")
     for key, cell in failed.items():
         typer.echo(f"failed: {key}: {cell['reason']}")
     if report:
-        write_report([Path(status["root"])], Path(status["root"]) / "report", [], True, typer.echo)
+        write_report([Path(status["root"])], Path(status["root"]) / "report", [], True, typer.echo, fmt)
     if failed:
         raise typer.Exit(1)
 

@@ -4,6 +4,7 @@ appear here with no edit to this file."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
 from enum import StrEnum
@@ -17,6 +18,7 @@ from typer.models import CommandInfo
 from core.errors import BenchError
 from core.options import Spec
 from core.presets import DEFAULT_MODEL, DTYPE_NAMES
+from tasks.chat import shipped
 
 Dtype = StrEnum("Dtype", {name: name for name in DTYPE_NAMES})
 Device = StrEnum("Device", {name: name for name in ("cpu", "cuda", *(f"cuda:{i}" for i in range(8)))})
@@ -51,6 +53,15 @@ def _fixed(
         None, help="At most N turns of multi-turn tasks (MT-bench has 2).", rich_help_panel="Task"
     ),
     max_new_tokens: int = typer.Option(128, help="Maximum new tokens per generation.", rich_help_panel="Task"),
+    chat_template: str = typer.Option(
+        "hf",
+        help=f"Prompt format: hf (the tokenizer's own chat template; plain text without one), none (plain text), "
+        f"{', '.join(shipped())} (shipped FastChat formats) or a .jinja file.",
+        rich_help_panel="Task",
+    ),
+    system_prompt: str | None = typer.Option(
+        None, help="System message of the chat template (replaces its default).", rich_help_panel="Task"
+    ),
     data_dir: str | None = typer.Option(
         None, help="Folder with the task data (else $DECODEBENCH_DATA, else hub).", rich_help_panel="Task"
     ),
@@ -62,18 +73,26 @@ def _fixed(
         None, help="Run directory (default: runs/TASK/METHOD-MODEL-DTYPE-HASH).", rich_help_panel="Output"
     ),
     warmup: int = typer.Option(1, help="Untimed warm-up generations before measuring.", rich_help_panel="Output"),
+    repeats: int = typer.Option(
+        1,
+        help="Generate each prompt K times (interleaved with the baseline's); reports the spread.",
+        rich_help_panel="Output",
+    ),
 ) -> None:
     """The fixed options of `bench run` (a signature only)."""
 
 
 def _merged_specs(owners: list[tuple[str, str, list[Spec]]]) -> dict[str, tuple[Spec, str, list[str]]]:
-    """Each option name once: (its spec, its panel, "owner default" notes) over every method or task taking it."""
+    """Each option name once: (its spec, its panel, "owner default" notes) over every method or task taking it;
+    the helps of owners that word it differently are joined."""
     merged: dict[str, tuple[Spec, str, list[str]]] = {}
     for owner, panel, specs in owners:
         for spec in specs:
             first, first_panel, notes = merged.setdefault(spec.name, (spec, panel, []))
             if first.type is not spec.type:
                 raise BenchError(f"option --{spec.name} has two types ({first.type.__name__}, {spec.type.__name__})")
+            if spec.help not in first.help:
+                merged[spec.name] = (dataclasses.replace(first, help=f"{first.help}; {spec.help}"), first_panel, notes)
             notes.append(f"{owner} {spec.default}")
     return merged
 
@@ -146,13 +165,16 @@ def print_summary(summaries: list[dict[str, Any]], task: str) -> None:
 
     console = Console(width=None if sys.stdout.isatty() else 120)
     table = Table(title="summary")
-    for col in ("role", "method", "samples", "tokens", "tok/s", "tau", "speedup", "exact", "ttft ms", "tpot ms"):
+    columns = ("role", "method", "samples", "tokens", "tok/s", "tau", "accept", "speedup", "95% CI", "exact",
+               "ttft ms", "tpot ms")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="right")
     for s in summaries:
         if s.get("samples"):
+            ci = f"{s['speedup_ci_low']:.2f}-{s['speedup_ci_high']:.2f}" if s.get("speedup") is not None else "-"
             table.add_row(s["role"], s["method"], str(s["samples"]), str(s["new_tokens"]),
-                          _fmt(s["tokens_per_s"], ".2f"), _fmt(s["tau"], ".3f"), _fmt(s["speedup"], ".3f"),
-                          _fmt(s["exact_rate"], ".2f"), _fmt(s["ttft_ms_median"], ".1f"),
+                          _fmt(s["tokens_per_s"], ".2f"), _fmt(s["tau"], ".3f"), _fmt(s.get("acceptance_rate"), ".2f"),
+                          _fmt(s["speedup"], ".3f"), ci, _fmt(s["exact_rate"], ".2f"), _fmt(s["ttft_ms_median"], ".1f"),
                           _fmt(s["tpot_ms_median"], ".1f"))  # fmt: skip
     console.print(table)
     metrics = [m.name for m in TASKS.get(task).metrics]

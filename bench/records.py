@@ -15,7 +15,7 @@ from methods.base import Decoded
 
 # The speed columns of a summary row (emptied in a report row whose numbers are flagged as impossible).
 SPEED = ["tokens_per_s", "tokens_per_s_median", "speedup", "speedup_mean", "speedup_ci_low", "speedup_ci_high",
-         "overhead", "roofline_fraction"]  # fmt: skip
+         "speedup_of_means", "speedup_repeat_mean", "speedup_repeat_std", "overhead", "roofline_fraction"]  # fmt: skip
 
 
 def generation_record(role: str, method: str, prompt_id: str, decoded: Decoded, text: str) -> dict[str, Any]:
@@ -31,6 +31,7 @@ def generation_record(role: str, method: str, prompt_id: str, decoded: Decoded, 
         "target_forwards": decoded.target_forwards,
         "tau": n / decoded.target_forwards,
         "accepted": decoded.accepted,
+        "drafted": decoded.drafted,
         "draft_forwards": decoded.draft_forwards,
         "ttft_s": t.first,
         "encode_s": decoded.encode_s,
@@ -63,20 +64,86 @@ def exactness(model: Any, prompt_ids: list[int], reference: list[int], output: l
     return {"exact": False, "first_divergence": i, "margin": float(top[0] - top[1])}
 
 
-def bootstrap_mean(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of `values` by resampling them with replacement."""
+MIN_CI_PROMPTS = 10  # below this many paired prompts an interval is shown with a warning
+
+
+def bootstrap_ratio(units: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the speedup as a ratio of totals, resampling prompts with replacement.
+
+    `units` has one row per prompt: (method tokens, method seconds, baseline tokens, baseline seconds), each
+    summed over the prompt's repeats; a resample's speedup is (sum tokens / sum seconds) of the method over the
+    baseline's, the headline statistic itself."""
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    picked = units[rng.integers(0, len(units), (resamples, len(units)))].sum(axis=1)
+    ratios = (picked[:, 0] / picked[:, 1]) / (picked[:, 2] / picked[:, 3])
+    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 
 def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
+def acceptance(records: list[dict[str, Any]], positions: int = 8) -> dict[str, Any]:
+    """Acceptance of draft tokens (vLLM's spec_decode metrics): accepted / drafted over every forward that had a
+    draft, and per draft position i the share of forwards drafting at least i + 1 tokens whose i + 1-th was
+    accepted. Empty for methods that do not report their drafts."""
+    steps = [
+        (d, a - 1)
+        for r in records
+        if r.get("drafted")
+        for d, a in zip(r["drafted"], r["accepted"], strict=True)
+        if d > 0
+    ]
+    if not steps:
+        return {}
+    drafted = np.array([d for d, _ in steps])
+    taken = np.minimum(np.array([max(a, 0) for _, a in steps]), drafted)
+    reach = [int((drafted > i).sum()) for i in range(min(positions, int(drafted.max())))]
+    by_position = [float(((drafted > i) & (taken > i)).sum()) / n for i, n in enumerate(reach)]
+    return {"acceptance_rate": float(taken.sum() / drafted.sum()), "acceptance_by_position": by_position}
+
+
+def _unit(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The prompt a record belongs to (its repeats share it)."""
+    return (record.get("sample_id", record["prompt_id"]), record.get("turn", 1))
+
+
+def speedup(records: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, Any]:
+    """The speedup on the shared prompt ids (a ratio of totals) with its bootstrap 95% interval over prompts,
+    Spec-Bench's ratio of mean tokens/s, the mean per-sample ratio, and with repeats the spread across them."""
+    by_id = {r["prompt_id"]: r for r in baseline}
+    pairs = [(r, by_id[r["prompt_id"]]) for r in records if r["prompt_id"] in by_id]
+    if not pairs:
+        return {"paired_samples": 0, "speedup": None}
+    totals: dict[tuple[Any, ...], np.ndarray] = {}
+    for m, b in pairs:
+        row = np.array([m["new_tokens"], m["total_s"], b["new_tokens"], b["total_s"]], dtype=float)
+        totals[_unit(m)] = totals.get(_unit(m), 0) + row
+    units = np.stack(list(totals.values()))
+    tok_m, s_m, tok_b, s_b = units.sum(axis=0)
+    low, high = bootstrap_ratio(units)
+    rate, base = tok_m / s_m, tok_b / s_b
+    out = {
+        "paired_samples": len(pairs),
+        "paired_prompts": len(units),
+        "baseline_tokens_per_s": base,
+        "speedup": rate / base,
+        "speedup_ci_low": low,
+        "speedup_ci_high": high,
+        "speedup_of_means": float(np.mean([m["tokens_per_s"] for m, _ in pairs]))
+        / float(np.mean([b["tokens_per_s"] for _, b in pairs])),
+        "speedup_mean": float(np.mean([m["tokens_per_s"] / b["tokens_per_s"] for m, b in pairs])),
+    }
+    repeats = sorted({m.get("repeat", 1) for m, _ in pairs})
+    if len(repeats) > 1:
+        per = [speedup([m for m, _ in pairs if m.get("repeat", 1) == k], baseline)["speedup"] for k in repeats]
+        out |= {"repeats": len(repeats), "speedup_repeat_mean": float(np.mean(per)),
+                "speedup_repeat_std": float(np.std(per, ddof=1))}  # fmt: skip
+    return out
+
+
 def aggregate(records: list[dict[str, Any]], baseline: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The summary row of a group of records; with baseline records, the speedup on the shared prompt ids
-    (a ratio of totals) and the mean per-sample ratio with its bootstrap 95% interval."""
+    """The summary row of a group of records; with baseline records, the speedup and its statistics (`speedup`)."""
     if not records:
         return {"samples": 0}
     tokens = sum(r["new_tokens"] for r in records)
@@ -94,23 +161,8 @@ def aggregate(records: list[dict[str, Any]], baseline: list[dict[str, Any]] | No
         "tpot_ms_median": _pct(ms["tpot_s"], 50),
         "tpot_ms_p90": _pct(ms["tpot_s"], 90),
         "encode_ms_median": _pct(ms["encode_s"], 50),
-        "paired_samples": 0,
-        "speedup": None,
     }
-    by_id = {r["prompt_id"]: r for r in baseline or []}
-    pairs = [(r, by_id[r["prompt_id"]]) for r in records if r["prompt_id"] in by_id]
-    if pairs:
-        rate = sum(m["new_tokens"] for m, _ in pairs) / sum(m["total_s"] for m, _ in pairs)
-        base = sum(b["new_tokens"] for _, b in pairs) / sum(b["total_s"] for _, b in pairs)
-        ratios = np.array([m["tokens_per_s"] / b["tokens_per_s"] for m, b in pairs])
-        low, high = bootstrap_mean(ratios)
-        row |= {
-            "paired_samples": len(pairs),
-            "baseline_tokens_per_s": base,
-            "speedup": rate / base,
-            "speedup_mean": float(ratios.mean()),
-            "speedup_ci_low": low,
-            "speedup_ci_high": high,
-            "overhead": row["tau"] / (rate / base),
-        }
+    row |= acceptance(records) | speedup(records, baseline or [])
+    if row["speedup"] is not None:
+        row["overhead"] = row["tau"] / row["speedup"]
     return row

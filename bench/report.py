@@ -7,6 +7,7 @@ Quality columns are the metrics the tasks declare. Definitions: docs/metrics.md.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.records import SPEED, aggregate
+from bench.records import MIN_CI_PROMPTS, SPEED, aggregate
 from bench.store import MANIFEST, SAMPLES, SUMMARY, read_samples
 from core.errors import BenchError
-from core.files import read_json
+from core.files import portable, read_json
 from core.metrics import Metric
 from core.presets import PRESETS
 from methods.base import METHODS
@@ -125,15 +126,26 @@ def quality_metrics() -> dict[str, Metric]:
 
 
 def flags(row: dict[str, Any], expect_baseline: bool) -> list[str]:
-    """Why a row's numbers cannot be true (empty when they can)."""
+    """Why a row's numbers cannot be true, by counting (empty when they can): its speed numbers are blanked."""
     out = []
     if row["tau"] < 1 - 1e-9:
         out.append(f"tau {row['tau']:.3f} below 1")
+    if expect_baseline and not row.get("paired_samples"):
+        out.append("no baseline samples to compute a speedup on")
+    return out
+
+
+def warnings(row: dict[str, Any]) -> list[str]:
+    """What makes a row's numbers doubtful but not impossible (they are kept): a speed above the roofline, whose
+    bandwidth is itself a noisy run-time estimate; an interval over too few prompts."""
+    out = []
     roofline = row.get("roofline_tokens_per_s")
     if roofline and target_generates(row["method"]) and row["tokens_per_s"] > roofline * max(row["tau"], 1.0):
-        out.append(f"{row['tokens_per_s']:.1f} tok/s above the roofline ({roofline * max(row['tau'], 1):.1f})")
-    if expect_baseline and row["paired_samples"] == 0:
-        out.append("no baseline samples to compute a speedup on")
+        out.append(
+            f"{row['tokens_per_s']:.1f} tok/s above the estimated roofline ({roofline * max(row['tau'], 1):.1f})"
+        )
+    if row.get("speedup") is not None and row.get("paired_prompts", 0) < MIN_CI_PROMPTS:
+        out.append(f"interval over {row['paired_prompts']} prompts only")
     return out
 
 
@@ -165,7 +177,7 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
         "model": Path(config["model"]).name, "model_id": model_id(config), "task": task_label(config),
         "dtype": config["dtype"], "device": env.get("device"), "device_name": env.get("device_name"),
         "torch": env.get("torch"), "transformers": env.get("transformers"), "commit": env.get("git_commit"),
-        "run": str(run.root),
+        "run": portable(run.root), "draft": config.get("draft"), "temperature": config.get("temperature", 0.0),
     }  # fmt: skip
     lanes = [("method", config["method"], settings_label(config), settings_label(config, brief=True), run.method)]
     if run.baseline and not config.get("baseline_run"):
@@ -177,23 +189,28 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
         for category, group in groups if len(categories) > 1 else groups[:1]:
             if not group:
                 continue
+            options = json.dumps(config.get("options", {}) if role == "method" else {}, sort_keys=True)
             row = common | {"method": method, "settings": settings, "brief": brief, "category": category}
-            row |= aggregate(group, run.baseline if run.same_hardware else [])
+            row |= {"options": options, "draft": common["draft"] if role == "method" else None}
+            paired = run.baseline if role == "method" and run.same_hardware else []  # never the baseline with itself
+            row |= aggregate(group, paired)
             if category == "all":
                 row |= _summary_columns(summary.get(role, {}), summary.get("baseline", {}))
             expect = role == "method" and config["method"] != "ar" and config.get("baseline", True)
             problems = flags(row, expect and run.same_hardware)
             if role == "method" and not run.same_hardware:
                 problems.append(f"baseline timed on other hardware ({run.baseline_kind}); no speedup")
-            rows.append(row | {"flag": "; ".join(problems)})
+            rows.append(row | {"flag": "; ".join(problems), "warning": "; ".join(warnings(row))})
     return rows
 
 
 LEAD = ["model", "method", "settings", "task", "category", "dtype", "samples", "tokens_per_s", "tokens_per_s_median",
-        "speedup", "speedup_mean", "speedup_ci_low", "speedup_ci_high", "tau", "overhead", "exact_rate",
-        "ttft_ms_median", "ttft_ms_p90", "tpot_ms_median", "tpot_ms_p90", "encode_ms_median"]  # fmt: skip
-TRAIL = ["roofline_tokens_per_s", "roofline_fraction", "baseline_tokens_per_s", "paired_samples", "new_tokens",
-         "flag", "brief", "model_id", "device", "device_name", "torch", "transformers", "commit", "run"]  # fmt: skip
+        "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_of_means", "speedup_mean", "repeats",
+        "speedup_repeat_mean", "speedup_repeat_std", "tau", "acceptance_rate", "acceptance_by_position", "overhead",
+        "exact_rate", "ttft_ms_median", "ttft_ms_p90", "tpot_ms_median", "tpot_ms_p90", "encode_ms_median"]  # fmt: skip
+TRAIL = ["roofline_tokens_per_s", "roofline_fraction", "baseline_tokens_per_s", "paired_samples", "paired_prompts",
+         "new_tokens", "flag", "warning", "brief", "options", "draft", "temperature", "model_id", "device",
+         "device_name", "torch", "transformers", "commit", "run"]  # fmt: skip
 
 
 def table(runs: list[Run]) -> pd.DataFrame:
@@ -202,28 +219,48 @@ def table(runs: list[Run]) -> pd.DataFrame:
     if df.empty:
         raise BenchError("the run directories hold no finished samples")
     columns = LEAD + [c for q in quality_metrics() for c in (q, f"{q}_delta")] + TRAIL
-    df = df.reindex(columns=[c for c in columns if c in df.columns and df[c].notna().any() or c == "flag"])
+    keep = {"flag", "warning"}
+    df = df.reindex(columns=[c for c in columns if c in df.columns and df[c].notna().any() or c in keep])
+    if "acceptance_by_position" in df:  # one cell: the rate at draft positions 1, 2, ...
+        by_position = df["acceptance_by_position"]
+        df["acceptance_by_position"] = by_position.map(lambda v: " ".join(f"{x:.3f}" for x in v), na_action="ignore")
     flagged = df["flag"] != ""
     df.loc[flagged, [c for c in SPEED if c in df.columns]] = np.nan
     return df.sort_values(["task", "model", "dtype", "category", "method", "settings"], kind="stable")
 
 
+def _interval(row: pd.Series) -> str:
+    """The speedup's 95% interval, with the number of prompts it rests on when that is small."""
+    if pd.isna(row.get("speedup_ci_low")):
+        return ""
+    text = f"{row['speedup_ci_low']:.2f}–{row['speedup_ci_high']:.2f}"
+    return text if row["paired_prompts"] >= MIN_CI_PROMPTS else f"{text} (n={int(row['paired_prompts'])}, few)"
+
+
 def markdown(df: pd.DataFrame) -> str:
     """The readable subset of the table as markdown."""
     cols = ["model", "method", "settings", "task", "category", "samples", "tokens_per_s", "speedup"]
-    cols += ["speedup_ci_low", "speedup_ci_high", "tau", "overhead", "exact_rate", "tpot_ms_median", "encode_ms_median"]
-    cols += [c for c in df.columns if c.split("_delta")[0] in quality_metrics()] + ["flag"]
+    cols += ["tau", "acceptance_rate", "overhead", "exact_rate", "tpot_ms_median", "encode_ms_median"]
+    cols += [c for c in df.columns if c.split("_delta")[0] in quality_metrics()] + ["flag", "warning"]
     view = df[[c for c in cols if c in df.columns]].copy()
-    if "speedup_ci_low" in view:
-        ci = view.pop("speedup_ci_low").map("{:.2f}".format) + "–" + view.pop("speedup_ci_high").map("{:.2f}".format)
-        view.insert(view.columns.get_loc("speedup") + 1, "95% CI (mean)", ci.where(ci != "nan–nan", ""))
+    at = view.columns.get_loc("speedup") + 1
+    if "speedup_ci_low" in df:
+        view.insert(at, "95% CI", df.apply(_interval, axis=1))
+    if "speedup_repeat_mean" in df:
+        spread = df["speedup_repeat_mean"].map("{:.3f}".format) + " ± " + df["speedup_repeat_std"].map("{:.3f}".format)
+        view.insert(at, "over repeats", spread.where(df["speedup_repeat_mean"].notna(), ""))
     return view.astype(object).where(view.notna(), "").to_markdown(index=False, floatfmt=".3g")
 
 
-def write_report(runs: list[Path], out: Path, against: list[str], plots: bool, echo: Callable[[str], None]) -> None:
-    """summary.csv, summary.md, against-PAPER.csv and the figures in `out`; the tables through `echo`."""
+def write_report(
+    runs: list[Path], out: Path, against: list[str], plots: bool, echo: Callable[[str], None], fmt: str = "png"
+) -> None:
+    """summary.csv, summary.md, against-PAPER.csv and the figures (as `fmt`: png, pdf or svg) in `out`; the
+    tables through `echo`."""
     from bench.against import against as join
+    from bench.plot_style import check_format
 
+    check_format(fmt)
     found = find_runs(runs)
     df = table(found)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +284,7 @@ def write_report(runs: list[Path], out: Path, against: list[str], plots: bool, e
     if plots:
         from bench.plots import all_plots
 
-        made = all_plots(df, found, out)
+        made = all_plots(df, found, out, fmt)
         sections.append("## Figures\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in made) + "\n")
     (out / "summary.md").write_text("\n".join(sections))
     echo(f"report: {out}")

@@ -19,11 +19,12 @@ from bench.records import aggregate, exactness, generation_record
 from bench.store import SUMMARY, RunStore
 from core import models
 from core.errors import BenchError
-from core.files import portable, write_json
+from core.files import write_json
 from core.presets import DEFAULT_MODEL, PRESETS
 from core.timing import Timer
 from methods.base import METHODS, Decoded, Method
 from methods.decode import Sampler, StopRule
+from tasks import chat
 from tasks.base import TASKS, Sample, Task
 
 BASELINE = "ar"
@@ -31,7 +32,7 @@ BASELINE = "ar"
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a run. All fields but `limit`, `out`, `warmup` and `data_dir` must match to
+    """Everything that defines a run. All fields but `limit`, `repeats`, `out`, `warmup` and `data_dir` must match to
     resume a run directory. `resolve()` fills every default in; the run's identity is that of the resolved one."""
 
     method: str
@@ -50,9 +51,12 @@ class RunConfig:
     options: dict[str, Any] = field(default_factory=dict)  # the method's options, by name
     task_options: dict[str, Any] = field(default_factory=dict)  # the task's options (split, subset ...)
     turns: int | None = None  # at most this many turns of multi-turn tasks (None: all)
+    chat_template: str = "hf"  # hf (the tokenizer's own), none (plain text), a shipped name or a .jinja file
+    system_prompt: str | None = None  # replaces the chat template's system message
     threads: int | None = None  # torch CPU threads (None: torch's default)
     limit: int | None = None
     warmup: int = 1
+    repeats: int = 1  # generations of each prompt per lane (interleaved with the baseline's); records say which
     data_dir: str | None = None
     out: str | None = None
 
@@ -65,6 +69,7 @@ class RunConfig:
             (0 < self.top_p <= 1, f"--top-p must be in (0, 1] (got {self.top_p})"),
             (self.turns is None or self.turns >= 1, f"--turns must be at least 1 (got {self.turns})"),
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1 (got {self.threads})"),
+            (self.repeats >= 1, f"--repeats must be at least 1 (got {self.repeats})"),
             (self.top_k >= 0 and self.warmup >= 0, "--top-k and --warmup must be >= 0"),
             (self.dtype in models.DTYPES, f"unknown dtype {self.dtype!r}; choose one of {', '.join(models.DTYPES)}"),
         ]
@@ -78,6 +83,7 @@ class RunConfig:
         method_cls, task_cls = METHODS.get(self.method), TASKS.get(self.task)
         options = method_cls.Options.resolve(self.options, self.method)
         task_options = task_cls.Options.resolve(self.task_options, self.task)
+        task_cls.check_prompt_format(self.chat_template, self.system_prompt)
         model = self.model or method_cls.default_model(options) or DEFAULT_MODEL
         if self.draft and not method_cls.uses_draft:
             raise BenchError(f"method {self.method} does not take --draft")
@@ -89,8 +95,9 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("limit", "out", "warmup", "data_dir"):
+        for k in ("limit", "repeats", "out", "warmup", "data_dir"):
             d.pop(k)
+        d["chat_template"] = chat.label(self.chat_template)  # a template file by its name; its sha256 is in extra
         return d
 
     def out_dir(self) -> Path:
@@ -138,8 +145,11 @@ class Plan:
     def turns(self, sample: Sample) -> list[str]:
         return self.task.turns(sample)[: self.config.turns]
 
-    def turn_ids(self) -> set[str]:
-        return {turn_id(s.id, t) for s in self.samples for t in range(len(self.turns(s)))}
+    def turn_ids(self, sample: Sample | None = None) -> set[str]:
+        """Record ids of every turn and repeat of `sample` (of every sample when None)."""
+        samples = self.samples if sample is None else [sample]
+        repeats = range(1, self.config.repeats + 1)
+        return {turn_id(s.id, t, r) for s in samples for t in range(len(self.turns(s))) for r in repeats}
 
 
 @dataclass
@@ -148,9 +158,10 @@ class RunResult:
     summaries: list[dict[str, Any]]
 
 
-def turn_id(sample_id: str, turn: int) -> str:
-    """Record id of a turn: the sample id for the first turn, `ID:tN` for later ones."""
-    return sample_id if turn == 0 else f"{sample_id}:t{turn + 1}"
+def turn_id(sample_id: str, turn: int, repeat: int = 1) -> str:
+    """Record id of a turn: the sample id for the first turn, `ID:tN` for later ones; `:rK` for repeat K > 1."""
+    base = sample_id if turn == 0 else f"{sample_id}:t{turn + 1}"
+    return base if repeat == 1 else f"{base}:r{repeat}"
 
 
 def plan(config: RunConfig, baseline_dir: Path | None = None) -> Plan:
@@ -159,7 +170,7 @@ def plan(config: RunConfig, baseline_dir: Path | None = None) -> Plan:
     config = config.resolve()
     method_cls, task_cls = METHODS.get(config.method), TASKS.get(config.task)
     task = task_cls(config.data_dir, task_cls.Options.resolve(config.task_options, config.task))
-    samples = task.load(config.limit)
+    samples, task_data = task.load_traced(config.limit)
     if not samples:
         raise BenchError(f"task {config.task} has no samples")
     if config.threads:
@@ -170,7 +181,8 @@ def plan(config: RunConfig, baseline_dir: Path | None = None) -> Plan:
     draft = models.load(config.draft, config.dtype, config.device) if config.draft else None
     method = method_cls.create(target, config.sampler(), config.options, draft)
     env = environment.describe(target.device)
-    extra = {"model_artifact": target.artifact, "task_data": portable(task.data_dir) if task.data_dir else "hub"}
+    prompt_template = task.use_template(config.chat_template, target.tokenizer, config.system_prompt)
+    extra = {"model_artifact": target.artifact, "task_data": task_data, "prompt_template": prompt_template}
     if config.device_map:
         placement = getattr(target.model, "hf_device_map", None) or {"": target.device}  # one device: no map
         extra["placement"] = {k: str(v) for k, v in placement.items()}
@@ -208,7 +220,7 @@ def _decode(p: Plan, method: Method, prompt_ids: list[int], max_new: int) -> Dec
 def measure(p: Plan, progress: bool = True) -> None:
     """Decode every unfinished sample with every lane (baseline first), storing each generation as it ends."""
     pending = [s for s in p.samples if any(not lane.store.has(lane.role, pid) for lane in p.lanes
-                                           for pid in (turn_id(s.id, t) for t in range(len(p.turns(s)))))]  # fmt: skip
+                                           for pid in p.turn_ids(s))]  # fmt: skip
     if pending:
         first = p.task.prompt_ids(pending[0], p.target.tokenizer, [])
         for _ in range(p.config.warmup):
@@ -219,24 +231,31 @@ def measure(p: Plan, progress: bool = True) -> None:
         job = bar.add_task(f"{p.config.method} on {p.config.task}", total=len(p.samples))
         bar.update(job, completed=len(p.samples) - len(pending))
         for sample in pending:
-            for lane in p.lanes:
-                _measure_turns(p, lane, sample)
+            for repeat in range(1, p.config.repeats + 1):  # each repeat: the baseline, then the method
+                for lane in p.lanes:
+                    _measure_turns(p, lane, sample, repeat)
             bar.advance(job)
 
 
-def _measure_turns(p: Plan, lane: Lane, sample: Sample) -> None:
+def _measure_turns(p: Plan, lane: Lane, sample: Sample, repeat: int = 1) -> None:
     """Every turn of `sample` with one lane; later turns see the lane's own earlier answers."""
     history: list[tuple[str, str]] = []
     baseline = p.lanes[0] if p.lanes[0].role == "baseline" else None
     for t, user_text in enumerate(p.turns(sample)):
-        pid = turn_id(sample.id, t)
+        pid = turn_id(sample.id, t, repeat)
         record = lane.store.get(lane.role, pid)
         if record is None:
             ids = p.task.prompt_ids(sample, p.target.tokenizer, history)
             decoded = _decode(p, lane.method, ids, p.config.max_new_tokens)
             text = lane.method.output_tokenizer.decode(decoded.tokens, skip_special_tokens=True)
             record = generation_record(lane.role, lane.method.name, pid, decoded, text)
-            record |= {"sample_id": sample.id, "turn": t + 1, "prompt_tokens": len(ids)}
+            record |= {
+                "sample_id": sample.id,
+                "turn": t + 1,
+                "repeat": repeat,
+                "prompt_tokens": len(ids),
+                "prompt_ids": ids,
+            }
             record["category"] = sample.meta.get("category")
             reference = baseline.store.get("baseline", pid) if baseline and lane is not baseline else None
             if reference and lane.method.sampler is None and lane.method.lossless:
@@ -253,7 +272,8 @@ def finish(p: Plan) -> list[dict[str, Any]]:
     baseline = records.get("baseline")
     summaries = []
     for lane in p.lanes:
-        row = {"role": lane.role, "method": lane.method.name} | aggregate(records[lane.role], baseline)
+        paired = baseline if lane.role == "method" else None  # the baseline is not paired with itself
+        row = {"role": lane.role, "method": lane.method.name} | aggregate(records[lane.role], paired)
         summaries.append(row | quality(p.task, p.samples, records[lane.role]))
     add_roofline(summaries, baseline or records.get("method", []), p.target)
     write_json(p.store.root / SUMMARY, summaries)

@@ -13,6 +13,7 @@ Config (YAML):
     device: cpu
     tasks: [mtbench, {name: specbench, subset: translation}, {name: wmt, split: newstest2014}]
     limit: 8                       # any `bench run` setting: max_new_tokens, turns, warmup, seed, temperature ...
+    chat_template: hf              # a task entry may set limit, max_new_tokens, turns, chat_template, system_prompt
     methods:
       - pld
       - {method: lookahead, grid: {window: [2, 5], ngram: [3], guess: [2, 5]}}
@@ -36,14 +37,14 @@ from bench.report import settings_label
 from bench.runner import BASELINE, RunConfig
 from bench.store import MANIFEST, SUMMARY
 from core.errors import BenchError
-from core.files import read_json, write_json
+from core.files import portable, read_json, write_json
 
 RUN_SETTINGS = {f.name for f in fields(RunConfig)} - {"method", "task", "model", "dtype", "options", "task_options",
                                                       "draft", "out"}  # fmt: skip
 TOP_KEYS = {"name", "out", "models", "dtypes", "tasks", "methods", "device", "resources"} | RUN_SETTINGS
 EXECUTORS = ("local", "ray")
 METHOD_KEYS = {"method", "settings", "grid", "draft", "models", "tasks"}
-TASK_SETTINGS = {"limit", "max_new_tokens", "turns"}  # other keys of a task entry are the task's options
+TASK_SETTINGS = {"limit", "max_new_tokens", "turns", "chat_template", "system_prompt"}  # other keys: task options
 
 
 @dataclass
@@ -176,8 +177,9 @@ def run_sweep(
     address: str | None = None,
     max_retries: int = 0,
 ) -> dict[str, Any]:
-    """Run every unfinished cell on the local process or a Ray cluster; returns the sweep record, also written to
-    OUT/sweep.json. A cell that still fails after `max_retries` retries is recorded with its reason."""
+    """Run every unfinished cell on the local process or a Ray cluster; returns this sweep's cells. OUT/sweep.json
+    accumulates the cells of every sweep into OUT. A cell that still fails after `max_retries` retries is recorded
+    with its reason."""
     if executor not in EXECUTORS:
         raise BenchError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if max_retries < 0:
@@ -190,13 +192,13 @@ def run_sweep(
     root = Path(out or config.get("out") or Path("runs") / "sweeps" / config.get("name", path.stem))
     todo = cells(config, root)
     root.mkdir(parents=True, exist_ok=True)
-    status: dict[str, Any] = {"config": str(path), "executor": executor, "cells": {}}
+    status = _sweep_log(root, path, executor)
     pending = []
     for cell in todo:
         key = str(Path(cell.config.out).relative_to(root))
         if finished(cell):
             echo(f"{key}: finished earlier, skipped")
-            status["cells"][key] = {"status": "done"}
+            status["cells"][key] = {"status": "done", "config": portable(path)}
         else:
             pending.append(cell)
     if executor == "ray":
@@ -205,18 +207,28 @@ def run_sweep(
         results = run_cells(pending, resources(config), address, max_retries, echo)
         for cell in pending:
             key = str(Path(cell.config.out).relative_to(root))
-            status["cells"][key] = results.get(cell.config.out, {"status": "failed", "reason": "not run"})
+            outcome = results.get(cell.config.out, {"status": "failed", "reason": "not run"})
+            status["cells"][key] = outcome | {"config": portable(path)}
     for i, cell in enumerate(pending if executor == "local" else [], 1):
         key = str(Path(cell.config.out).relative_to(root))
         for attempt in range(max_retries + 1):
             echo(f"[{i}/{len(pending)}] {key}: running" + (f" (retry {attempt})" if attempt else ""))
-            status["cells"][key] = _run_local(cell, progress, echo, f"[{i}/{len(pending)}] {key}")
+            outcome = _run_local(cell, progress, echo, f"[{i}/{len(pending)}] {key}")
+            status["cells"][key] = outcome | {"config": portable(path)}
             if status["cells"][key]["status"] == "done":
                 break
         write_json(root / "sweep.json", status)
     write_json(root / "sweep.json", status)
-    status["root"] = str(root)
-    return status
+    mine = {str(Path(cell.config.out).relative_to(root)) for cell in todo}
+    return status | {"root": str(root), "cells": {k: v for k, v in status["cells"].items() if k in mine}}
+
+
+def _sweep_log(root: Path, path: Path, executor: str) -> dict[str, Any]:
+    """OUT/sweep.json as earlier sweeps into the same folder left it (their cells kept), with this config added."""
+    log = read_json(root / "sweep.json") if (root / "sweep.json").exists() else {}
+    configs = log.get("configs", [log["config"]] if "config" in log else [])
+    configs = configs + [portable(path)] if portable(path) not in configs else configs
+    return {"configs": configs, "executor": executor, "cells": log.get("cells", {})}
 
 
 def _run_local(cell: Cell, progress: bool, echo: Callable[[str], None], name: str) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from core import models
 from core.errors import BenchError
 from core.models import LoadedModel
 from methods.llm2slm import LLM2SLM, MODES, TUNINGS, answer_loss, check_artifact, check_choice, tune
+from tasks import cnndm
 from tasks.base import TASKS, Sample, Task
-from tasks.cnndm import TEMPLATE as CNNDM_TEMPLATE
 from tasks.sources import SOURCES, load_rows
 from tasks.wmt import WMT, WMTOptions
 
@@ -117,15 +117,15 @@ def training_samples(config: TrainConfig) -> tuple[Task, list[Sample]]:
         if task.year == 2014:
             raise BenchError("newstest2014 is the wmt evaluation split; train on newstest2016")
         return task, task.load()
-    if split == "test":
-        raise BenchError("test is the cnndm evaluation split; train on validation or train")
+    if split in cnndm.SUBSETS:
+        raise BenchError(f"{split} is the cnndm evaluation split; train on validation or train")
     task = TASKS.get("cnndm")(config.data_dir)
     source = f"cnndm-{split}"
     if source not in SOURCES:
         raise BenchError(f"unknown cnndm training split {split!r}; train on validation or train")
     rows = load_rows(source, task.data_dir)
     samples = [
-        Sample(str(r.get("id", i)), CNNDM_TEMPLATE.format(article=r["article"]), reference=r["highlights"])
+        Sample(str(r.get("id", i)), cnndm.TEMPLATE.format(article=r["article"]), reference=r["highlights"])
         for i, r in enumerate(rows)
     ]
     return task, samples

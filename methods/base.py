@@ -20,11 +20,12 @@ class Decoded:
     """One generation: new token ids (stop token included) and the bookkeeping every metric is derived from."""
 
     tokens: list[int]
-    accepted: list[int]  # tokens committed by each target forward (prefill first); sums to len(tokens)
+    accepted: list[int]  # tokens committed by each target forward (the prompt's first); sums to len(tokens)
     timing: Timing
     draft_forwards: int = 0
     forwards: int | None = None  # target forwards when they are not one per `accepted` entry (external methods)
     encode_s: float | None = None  # LLM-to-SLM: seconds the large model spent encoding the prompt (inside ttft)
+    drafted: list[int] | None = None  # per target forward: draft tokens it could accept (None: not known)
 
     @property
     def target_forwards(self) -> int:
@@ -86,7 +87,8 @@ class DraftingMethod(Method):
         drafter = self.drafter()
         result = verify_loop(self.target.model, prompt_ids, stop, timer, drafter, self.sampler)
         forwards = drafter.draft_forwards if drafter is not None else 0
-        return Decoded(result.tokens, result.accepted, timer.read(), draft_forwards=forwards)
+        drafted = result.drafted if drafter is not None else None
+        return Decoded(result.tokens, result.accepted, timer.read(), draft_forwards=forwards, drafted=drafted)
 
 
 METHODS: Registry[Method] = Registry("method", "methods", "decodebench.methods")

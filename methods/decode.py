@@ -126,7 +126,8 @@ class Drafter(Protocol):
 @dataclass
 class LoopResult:
     tokens: list[int]
-    accepted: list[int]
+    accepted: list[int]  # tokens each target forward committed
+    drafted: list[int]  # draft tokens each forward could accept (its longest candidate path; 0: no draft)
 
 
 def _attention(
@@ -267,13 +268,15 @@ def verify_loop(
 
     The first forward runs the prompt (its last token pending) together with the first draft, as transformers'
     assisted generation and the Lookahead reference do. Greedy without a sampler, rejection sampling with one.
-    Marks `timer` after every target forward; returns the new tokens and how many tokens each forward committed.
+    Marks `timer` after every target forward; returns the new tokens, how many tokens each forward committed and
+    how many draft tokens it could have accepted.
     """
     device = next(model.parameters()).device
     cache = new_cache(model)
     timer.start()
     tokens: list[int] = []
     accepted_counts: list[int] = []
+    drafted: list[int] = []
     end = None
     while end is None:
         inputs = tokens[-1:] or prompt_ids  # the uncached tokens, the pending one last
@@ -291,7 +294,8 @@ def verify_loop(
         start = len(tokens)
         tokens.extend(new)
         accepted_counts.append(len(new))
+        drafted.append(max(map(len, draft.paths), default=0) if draft else 0)
         timer.mark()
         end = stop.end(tokens, start)
     accepted_counts[-1] -= len(tokens) - end
-    return LoopResult(tokens[:end], accepted_counts)
+    return LoopResult(tokens[:end], accepted_counts, drafted)

@@ -13,6 +13,7 @@ from core.files import DATA_ENV
 from core.metrics import Metric
 from core.options import Options
 from core.registry import Registry
+from tasks import chat, sources
 
 __all__ = ["DATA_ENV", "TASKS", "Sample", "Task", "TaskOptions", "encode_prompt", "register", "resolve_data_dir"]
 
@@ -43,6 +44,8 @@ class Task(ABC):
     Options: ClassVar[type[TaskOptions]] = TaskOptions
     metrics: ClassVar[tuple[Metric, ...]] = ()
     stop_strings: ClassVar[tuple[str, ...]] = ()
+    chat_prompts: ClassVar[bool] = True  # False: `prompt_ids` sends raw text (humaneval), no chat template
+    template: chat.ChatTemplate | None = None  # the prompt format (None: the tokenizer's own, `hf`)
 
     def __init__(self, data_dir: str | Path | None = None, options: TaskOptions | None = None) -> None:
         self.data_dir = resolve_data_dir(data_dir)
@@ -56,10 +59,30 @@ class Task(ABC):
         """The user turns of a sample (one for single-turn tasks)."""
         return [sample.prompt]
 
+    def load_traced(self, limit: int | None = None) -> tuple[list[Sample], list[dict[str, Any]]]:
+        """`load`, and the identity of every data source it read (`tasks.sources.tracing`)."""
+        with sources.tracing() as read:
+            samples = self.load(limit)
+        return samples, read
+
+    @classmethod
+    def check_prompt_format(cls, template: str, system_prompt: str | None) -> None:
+        """Raise a `BenchError` for an unknown template, or for any but the default on a raw-text task."""
+        if not cls.chat_prompts and (template != chat.HF or system_prompt is not None):
+            raise BenchError(f"task {cls.name} sends raw prompts; it takes no --chat-template or --system-prompt")
+        chat.check(template, system_prompt)
+
+    def use_template(self, choice: str, tokenizer: Any, system_prompt: str | None = None) -> dict[str, Any]:
+        """Format prompts with template `choice` for `tokenizer`; returns what the manifest records of it."""
+        self.check_prompt_format(choice, system_prompt)
+        raw = chat.ChatTemplate(chat.NONE)
+        self.template = chat.load(choice, tokenizer, system_prompt) if self.chat_prompts else raw
+        return self.template.describe()
+
     def prompt_ids(self, sample: Sample, tokenizer: Any, history: list[tuple[str, str]] = ()) -> list[int]:
-        """Token ids of the next turn's prompt after `history` ((user, model answer) pairs): the chat template
-        where the tokenizer has one, plain text otherwise."""
-        return encode_prompt(tokenizer, self.turns(sample)[len(history)], history)
+        """Token ids of the next turn's prompt after `history` ((user, model answer) pairs), in the task's
+        template (`use_template`; by default the tokenizer's own chat template, or plain text without one)."""
+        return encode_prompt(tokenizer, self.turns(sample)[len(history)], history, self.template)
 
     def score(self, samples: list[Sample], outputs: list[str]) -> dict[str, float]:
         """The declared metrics over the outputs: the mean of `score_sample` (tasks with corpus metrics override)."""
@@ -77,17 +100,12 @@ TASKS: Registry[Task] = Registry("task", "tasks", "decodebench.tasks")
 register = TASKS.register
 
 
-def encode_prompt(tokenizer: Any, text: str, history: list[tuple[str, str]] = ()) -> list[int]:
-    """Encode a user turn (after earlier (user, assistant) turns) with the chat template, or as plain text."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = []
-        for user, assistant in history:
-            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-        messages.append({"role": "user", "content": text})
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-    plain = "".join(f"{u}\n{a}\n\n" for u, a in history) + text
-    return tokenizer(plain)["input_ids"]
+def encode_prompt(
+    tokenizer: Any, text: str, history: list[tuple[str, str]] = (), template: chat.ChatTemplate | None = None
+) -> list[int]:
+    """Encode a user turn (after earlier (user, assistant) turns) in `template` (None: the tokenizer's own chat
+    template, or plain text when it has none)."""
+    return (template or chat.load(chat.HF, tokenizer)).encode(tokenizer, text, history)
 
 
 def resolve_data_dir(explicit: str | Path | None) -> Path | None:

@@ -1,26 +1,42 @@
-"""`cnndm`: CNN/DailyMail summarization, scored with ROUGE-1/2/L/Lsum F-measure (rouge-score, stemming)."""
+"""`cnndm`: CNN/DailyMail summarization, scored with ROUGE-1/2/L/Lsum F-measure (rouge-score, stemming).
+
+`--subset` names the articles, the same from a data folder or the hub: `specbench80` (default) is Spec-Bench's 80
+test articles (its `summarization` category; a data-folder file only, the hub has no copy), `test` the full test
+split (11,490 articles: `cnn_dailymail/test.jsonl`, or the hub's `abisee/cnn_dailymail` 3.0.0 test).
+"""
 
 from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 
 from core.metrics import Metric
-from tasks.base import Sample, Task, register
+from core.options import option
+from tasks.base import Sample, Task, TaskOptions, register
 from tasks.sources import load_rows
 
 TEMPLATE = "Summarize: {article}"  # Spec-Bench's summarization prompt
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+SUBSETS = ("specbench80", "test")  # the evaluation articles (`bench train` refuses them)
+
+
+@dataclass(frozen=True)
+class CNNDailyMailOptions(TaskOptions):
+    subset: str = option(
+        SUBSETS[0], "cnndm: specbench80 (Spec-Bench's 80 test articles) or test (the full test split)", choices=SUBSETS
+    )
 
 
 @register
 class CNNDailyMail(Task):
     name = "cnndm"
-    description = "CNN/DailyMail summarization (test), ROUGE-1/2/L/Lsum"
+    description = "CNN/DailyMail summarization (Spec-Bench's 80 test articles, or --subset test), ROUGE-1/2/L/Lsum"
+    Options = CNNDailyMailOptions
     metrics = tuple(Metric(k, f"{k} F-measure x 100 (rouge-score, stemming)") for k in ROUGE)
 
     def load(self, limit: int | None = None) -> list[Sample]:
-        rows = load_rows(self.name, self.data_dir, limit)
+        rows = load_rows(f"cnndm-{self.options.subset}", self.data_dir, limit)
         return [
             Sample(str(r.get("id", i)), TEMPLATE.format(article=r["article"]), reference=r["highlights"])
             for i, r in enumerate(rows)

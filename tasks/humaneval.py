@@ -31,6 +31,7 @@ class HumanEval(Task):
     name = "humaneval"
     description = "HumanEval code completion (164 problems), plain prompt, stop sequences"
     stop_strings = STOP
+    chat_prompts = False  # code completion continues the raw prompt (`prompt_ids`)
     metrics = (Metric("pass@1", "percent of problems whose greedy completion passes its tests (sandboxed)"),)
 
     def load(self, limit: int | None = None) -> list[Sample]:

@@ -1,8 +1,13 @@
 """Where each task's data comes from: one declarative table of local files (under the data folder:
-`--data-dir`, else `$DECODEBENCH_DATA`; layout in docs/data.md) and their Hugging Face hub equivalents."""
+`--data-dir`, else `$DECODEBENCH_DATA`; layout in docs/data.md) and their Hugging Face hub equivalents; and the
+identity of what was read (`tracing`), which run manifests record."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -26,12 +31,20 @@ class Source:
     split: str = "test"
     columns: dict[str, str] = field(default_factory=dict)
     streaming: bool = False
+    no_hub: str = ""  # without a hub copy: why, and what to use instead (the error when there is no data folder)
 
 
 def _wmt(year: int) -> Source:
     return Source(
         f"wmt_de_en/newstest{year}.de-en.jsonl", ("id", "src", "ref"), f"wmt/wmt{year % 100}", "de-en",
         columns={"src": "translation.de", "ref": "translation.en"}, streaming=True,
+    )  # fmt: skip
+
+
+def _cnndm(split: str) -> Source:
+    return Source(
+        f"cnn_dailymail/{split}.jsonl", ("article", "highlights"), "abisee/cnn_dailymail", "3.0.0", split,
+        columns={"id": "id", "article": "article", "highlights": "highlights"},
     )  # fmt: skip
 
 
@@ -42,18 +55,12 @@ SOURCES: dict[str, Source] = {
         split="train", columns={"question_id": "prompt_id", "category": "category", "turns": "prompt"},
     ),
     "specbench": Source("spec_bench/question.jsonl", ("question_id", "category", "turns")),
-    "cnndm": Source(
-        "cnn_dailymail/test_specbench80.jsonl", ("article", "highlights"), "cnn_dailymail", "3.0.0",
-        columns={"id": "id", "article": "article", "highlights": "highlights"},
+    "cnndm-specbench80": Source(
+        "cnn_dailymail/test_specbench80.jsonl", ("article", "highlights"),
+        no_hub="Spec-Bench's 80 CNN/DailyMail articles are in its question file only, not on the hub; pass "
+        "--data-dir with cnn_dailymail/test_specbench80.jsonl, or take the hub's full test split (--subset test)",
     ),
-    "cnndm-validation": Source(
-        "cnn_dailymail/validation.jsonl", ("article", "highlights"), "cnn_dailymail", "3.0.0", "validation",
-        columns={"id": "id", "article": "article", "highlights": "highlights"},
-    ),
-    "cnndm-train": Source(
-        "cnn_dailymail/train.jsonl", ("article", "highlights"), "cnn_dailymail", "3.0.0", "train",
-        columns={"id": "id", "article": "article", "highlights": "highlights"},
-    ),
+    **{f"cnndm-{split}": _cnndm(split) for split in ("test", "validation", "train")},
     "gsm8k": Source(
         "gsm8k/test.jsonl", ("question", "answer"), "openai/gsm8k", "main",
         columns={"question": "question", "answer": "answer"},
@@ -67,21 +74,67 @@ SOURCES: dict[str, Source] = {
 }  # fmt: skip
 
 
+_READ: ContextVar[list[dict[str, Any]] | None] = ContextVar("decodebench_sources_read", default=None)
+
+
+@contextmanager
+def tracing() -> Iterator[list[dict[str, Any]]]:
+    """Collect the identity of every source that `load_rows` reads inside the block (each once, in order)."""
+    read: list[dict[str, Any]] = []
+    token = _READ.set(read)
+    try:
+        yield read
+    finally:
+        _READ.reset(token)
+
+
+def _trace(entry: dict[str, Any]) -> None:
+    read = _READ.get()
+    if read is not None and entry not in read:
+        read.append(entry)
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_rows(key: str, data_dir: Path | None, limit: int | None = None) -> list[dict[str, Any]]:
-    """The first `limit` records of source `key`: from the data folder when there is one, else from the hub."""
+    """The first `limit` records of source `key`: from the data folder when there is one, else from the hub.
+    Inside `tracing()`, what was read is recorded: the file relative to the data folder and its sha256, or the
+    hub dataset, config, split and revision (commit)."""
     source = SOURCES[key]
     if data_dir is not None:
-        return read_jsonl(Path(data_dir) / source.local, source.required, limit)
+        path = Path(data_dir) / source.local
+        if not path.is_file() and source.hub:
+            name = " ".join(filter(None, (source.hub, source.config, source.split)))
+            raise BenchError(f"data file {path} does not exist (the hub has it: {name}; run without a data folder)")
+        rows = read_jsonl(path, source.required, limit)
+        _trace({"source": key, "file": source.local, "sha256": file_sha256(path)})
+        return rows
     if source.hub is None:
-        raise BenchError(f"{key} is not on the hub under a stable name; pass --data-dir with {source.local}")
+        reason = source.no_hub or f"not on the hub under a stable name; pass --data-dir with {source.local}"
+        raise BenchError(f"{key}: {reason}")
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset_builder
 
-        rows = load_dataset(source.hub, source.config, split=source.split, streaming=source.streaming)
-        return [_columns(source, i, row) for i, row in enumerate(islice(rows, limit))]
+        builder = load_dataset_builder(source.hub, source.config)
+        if source.streaming:
+            dataset = builder.as_streaming_dataset(split=source.split)
+        else:
+            builder.download_and_prepare()
+            dataset = builder.as_dataset(split=source.split)
+        rows = [_columns(source, i, row) for i, row in enumerate(islice(dataset, limit))]
     except Exception as exc:
         name = " ".join(filter(None, (source.hub, source.config, source.split)))
         raise BenchError(f"could not load {name} from the hub ({type(exc).__name__}); pass --data-dir") from exc
+    revision = builder.hash if isinstance(builder.hash, str) else None
+    _trace({"source": key, "hub": source.hub, "config": source.config, "split": source.split, "revision": revision})
+    return rows
 
 
 def _columns(source: Source, index: int, row: dict[str, Any]) -> dict[str, Any]:

@@ -87,7 +87,8 @@ def test_aggregate_one_set_of_names_and_units():
     # speedup on the shared ids a and b only: a ratio of totals (40 tok / 2 s) / (40 tok / 8 s)
     assert row["paired_samples"] == 2 and row["speedup"] == pytest.approx(4.0)
     assert row["speedup_mean"] == pytest.approx((2.0 + 6.0) / 2)
-    assert row["speedup_ci_low"] <= row["speedup_mean"] <= row["speedup_ci_high"]
+    assert row["speedup_of_means"] == pytest.approx(((10 + 30) / 2) / ((5 + 5) / 2))
+    assert row["speedup_ci_low"] <= row["speedup"] <= row["speedup_ci_high"]
     assert row["overhead"] == pytest.approx(row["tau"] / 4.0)
     assert aggregate([], baseline) == {"samples": 0} and aggregate(method)["speedup"] is None
 

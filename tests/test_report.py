@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 
 from bench import report as rep
-from bench.against import against, load_reference
-from bench.plots import all_plots
+from bench.against import load_reference
 from bench.runner import RunConfig, run
 from bench.store import SAMPLES
 from methods import decode
@@ -67,7 +66,10 @@ def test_sweep_shares_one_baseline_and_reports_every_cell(swept):
     assert sorted(df["method"]) == ["ar", "lookahead", "lookahead", "pld"]
     method_rows = df[df["method"] != "ar"]
     assert (method_rows["paired_samples"] == 3).all() and (method_rows["exact_rate"] == 1.0).all()
-    assert (method_rows["speedup_ci_low"] <= method_rows["speedup_ci_high"]).all()
+    assert (method_rows["speedup_ci_low"] <= method_rows["speedup"]).all()
+    assert (method_rows["speedup"] <= method_rows["speedup_ci_high"]).all()
+    assert df[df["method"] == "ar"]["speedup"].isna().all()  # the baseline is not paired with itself
+    assert (method_rows["acceptance_rate"].between(0, 1)).all()
     assert {p.name for p in (out / "report").glob("*.png")} >= {"speedup_by_task.png", "tokens_per_step.png"}
 
 
@@ -93,6 +95,12 @@ def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path, sweep_file, mon
     assert [c["status"] for c in status["cells"].values()] == ["done", "failed"]
     code, out, _ = bench(monkeypatch, capsys, "report", str(tmp_path / "o"), "--out", str(tmp_path / "rep"))
     assert code == 0 and "failed cells:" in out and "is neither a preset" in out
+    second = tmp_path / "second.yaml"  # another sweep into the same folder: the log keeps the first's cells
+    second.write_text(json.dumps(config | {"models": config["models"][:1], "methods": ["ar"]}))
+    code, out, _ = bench(monkeypatch, capsys, "sweep", str(second), "--out", str(tmp_path / "o"), "--no-report")
+    status = json.loads((tmp_path / "o" / "sweep.json").read_text())
+    assert code == 0 and len(status["configs"]) == 2
+    assert [c["status"] for c in status["cells"].values()] == ["done", "failed"]
 
 
 def test_bad_options_are_refused_before_any_cell_runs(tmp_path, sweep_file, monkeypatch, capsys):
@@ -136,33 +144,12 @@ def test_impossible_numbers_are_flagged_not_reported(swept, tmp_path):
     assert flagged["speedup"].isna().all() and flagged["tokens_per_s"].isna().all()
     fast = next(r for r in rep.find_runs([out]) if r.config["method"] == "pld")
     fast.summaries[1]["roofline_tokens_per_s"] = 1e-3
-    assert "above the roofline" in rep.run_rows(fast)[0]["flag"]
+    row = rep.run_rows(fast)[0]  # above the (estimated) roofline: a warning, the numbers stay
+    assert "above the estimated roofline" in row["warning"] and row["flag"] == ""
+    assert row["speedup"] is not None and row["tokens_per_s"] > 0
     lone = next(r for r in rep.find_runs([out]) if r.config["method"] == "pld")
     lone.baseline = []
     assert "no baseline samples" in rep.run_rows(lone)[0]["flag"]
-
-
-def test_against_marks_other_models_and_hardware_not_comparable(swept):
-    out = swept
-    df = rep.table(rep.find_runs([out]))
-    pld = "max_ngram=3 candidates=10 match=earliest"  # the resolved defaults, as every settings label carries them
-    reference = pd.DataFrame(
-        [
-            dict(paper="p", model=df["model_id"].iloc[0], hardware=str(df["device_name"].iloc[0]).split()[0],
-                 dtype="fp32", task="mtbench", category="all", method="pld", settings=pld, metric="tau", claimed=1.0),
-            dict(paper="p", model="meta-llama/Llama-2-7b-chat-hf", hardware="A100", dtype="fp16", task="mtbench",
-                 category="all", method="pld", settings=pld, metric="speedup", claimed=1.6),
-            dict(paper="p", model="x", hardware="A100", dtype="fp16", task="gsm8k", category="all", method="pld",
-                 settings="", metric="speedup", claimed=1.6),
-        ]
-    )  # fmt: skip
-    joined = against(df, "p", reference)
-    comparable, other, missing = joined.to_dict("records")
-    assert comparable["status"] == "comparable" and comparable["ratio"] == pytest.approx(comparable["measured"])
-    assert other["status"].startswith("not comparable: model") and "hardware" in other["status"]
-    assert pd.isna(other["ratio"]) and missing["status"] == "not measured"
-    with pytest.raises(Exception, match="no published numbers for 'nope'"):
-        against(df, "nope", reference)
 
 
 def test_shipped_reference_covers_the_three_papers():
@@ -207,14 +194,6 @@ def test_check_refuses_a_malformed_baseline(swept, tmp_path, monkeypatch, capsys
     assert code == 2 and "not a report table" in err
     code, _, err = bench(monkeypatch, capsys, "report", str(tmp_path / "none"))
     assert code == 2 and "no such run directory" in err
-
-
-def test_plots_are_written(swept, tmp_path):
-    out = swept
-    runs = rep.find_runs([out])
-    made = all_plots(rep.table(runs), runs, tmp_path)
-    assert {p.name for p in made} >= {"speedup_by_task.png", "tokens_per_step.png", "token_latency.png", "sweep.png"}
-    assert all(p.stat().st_size > 5000 for p in made)
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("results/configs/*.yaml")), ids=str)

@@ -33,8 +33,31 @@ def test_run_pairs_method_with_baseline(tiny_dir, data_dir, tmp_path):
         if r["role"] == "method":
             assert r["exact"] is True  # transformers' greedy equals our loop in fp32
     base, method = result.summaries
-    assert base["speedup"] == 1.0 and method["samples"] == 3 and method["exact_rate"] == 1.0
+    assert base["speedup"] is None and method["samples"] == 3 and method["exact_rate"] == 1.0
     assert 0 < base["roofline_fraction"] < 1
+
+
+def test_repeats_interleave_with_the_baseline_and_extend_on_resume(tiny_dir, data_dir, tmp_path):
+    out = tmp_path / "r"
+    run(config(tiny_dir, data_dir, out, method="pld", limit=2, repeats=2), progress=False)
+    first = lines(out)
+    order = [(r["role"], r["prompt_id"], r["repeat"]) for r in first]
+    assert order == [
+        ("baseline", "81", 1),
+        ("method", "81", 1),
+        ("baseline", "81:r2", 2),
+        ("method", "81:r2", 2),
+        ("baseline", "82", 1),
+        ("method", "82", 1),
+        ("baseline", "82:r2", 2),
+        ("method", "82:r2", 2),
+    ]
+    result = run(config(tiny_dir, data_dir, out, method="pld", limit=2, repeats=3), progress=False)
+    records = lines(out)
+    assert len(records) == 12 and records[:8] == first  # only the third repeat was added
+    method = result.summaries[1]
+    assert method["repeats"] == 3 and method["paired_prompts"] == 2 and method["paired_samples"] == 6
+    assert method["speedup_repeat_std"] >= 0 and method["exact_rate"] == 1.0
 
 
 def test_interrupted_run_resumes_without_loss_or_duplicates(tiny_dir, data_dir, tmp_path, monkeypatch):

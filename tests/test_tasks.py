@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from core.errors import BenchError
 from tasks.base import DATA_ENV, TASKS
 from tasks.gsm8k import GSM8K, last_number
-from tasks.specbench import CATEGORIES, SpecBench, SpecBenchOptions
+from tasks.specbench import CATEGORIES, GROUPS, SpecBench, SpecBenchOptions
 from tasks.wmt import TEMPLATE, WMT, WMTOptions, first_line, load_pairs
 from tests.conftest import REAL_DATA, make_tokenizer
 
@@ -91,7 +92,8 @@ def test_specbench_load(data):
     samples = SpecBench(data).load()
     assert [s.id for s in samples] == ["81", "82", "83", "84"]
     assert samples[1].prompt == "def add(a, b): return"  # first turn
-    assert samples[1].meta["category"] == "coding"
+    assert samples[1].meta["category"] == "mt_bench" and samples[1].meta["subcategory"] == "coding"  # its group
+    assert [s.meta["category"] for s in samples] == ["mt_bench", "mt_bench", "translation", "mt_bench"]
     assert [s.id for s in SpecBench(data).load(limit=2)] == ["81", "82"]
 
 
@@ -99,11 +101,26 @@ def test_specbench_category_filter(data):
     assert [s.id for s in SpecBench(data, SpecBenchOptions(subset="writing")).load()] == ["81", "84"]
     assert [s.id for s in SpecBench(data, SpecBenchOptions(subset="writing")).load(limit=1)] == ["81"]
     assert SpecBench(data, SpecBenchOptions(subset="rag")).load() == []
-    assert len(CATEGORIES) == 13
+    assert [s.id for s in SpecBench(data, SpecBenchOptions(subset="mt_bench")).load()] == ["81", "82", "84"]
+    assert len(CATEGORIES) == 13 and len(GROUPS) == 6
+    assert [s.id for s in SpecBench(data, SpecBenchOptions(per_group=1)).load()] == ["81", "83"]  # one per group
+    assert [s.id for s in SpecBench(data, SpecBenchOptions(per_group=2)).load()] == ["81", "82", "83"]
+    with pytest.raises(BenchError, match="--per-group must be at least 1"):
+        SpecBenchOptions.resolve({"per_group": 0}, "specbench")
+
+
+@pytest.mark.skipif(not (REAL_DATA / "spec_bench").is_dir(), reason="needs the real Spec-Bench question file")
+def test_specbench_groups_are_spec_benchs_columns():
+    """480 questions: MT-bench's 8 categories (80) form the mt_bench group, each other group has 80."""
+    samples = SpecBench(REAL_DATA).load()
+    assert Counter(s.meta["category"] for s in samples) == dict.fromkeys(GROUPS, 80)
+    assert len(SpecBench(REAL_DATA, SpecBenchOptions(subset="mt_bench")).load()) == 80
+    assert {s.meta["subcategory"] for s in samples if s.meta["category"] == "mt_bench"} == set(CATEGORIES[:8])
 
 
 def test_specbench_unknown_category(data):
-    with pytest.raises(BenchError, match="--subset must be one of writing.*math_reasoning, rag .got 'poetry'"):
+    message = "--subset must be one of mt_bench, translation.*rag, writing.*humanities .got 'poetry'"
+    with pytest.raises(BenchError, match=message):
         SpecBenchOptions.resolve({"subset": "poetry"}, "specbench")
 
 
