@@ -43,6 +43,7 @@ class Setup:
     options: dict[str, Any] | None
     draft: str | None = None
     temperature: float = 0.0
+    stated: bool = True  # False: the claim names no setting and the method has no complete default (llm2slm)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,12 @@ def claim_setup(method: str, settings: str) -> Setup:
             given[spec.name] = _parse(spec.type, text, f"{part} ({method})", spec.optional)
         else:
             raise BenchError(f"published settings {settings!r}: {method} has no option {key!r}")
-    return Setup(options.resolve(given, method).as_dict(), draft, temperature)
+    try:
+        return Setup(options.resolve(given, method).as_dict(), draft, temperature)
+    except BenchError:  # a required option (llm2slm's checkpoint): a claim that names none is not checked on it
+        if given:
+            raise
+        return Setup({}, draft, temperature, stated=False)
 
 
 def _parse(kind: type, text: str, where: str, optional: bool = False) -> Any:
@@ -195,6 +201,8 @@ def setting_mismatches(method: str, setup: Setup, row: dict[str, Any]) -> list[s
     method's default where the claim is silent)."""
     if setup.options is None:
         return [f"settings (method {method} is not installed here)"]
+    if not setup.stated:
+        return []
     specs = METHODS.get(method).Options.specs()
     ran = {s.name: s.default for s in specs} | json.loads(row.get("options") or "{}")
     labels = {s.name: s.label for s in specs}

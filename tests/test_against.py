@@ -242,3 +242,11 @@ def test_model_ids_are_normalised():
     assert same_model("double7/vicuna-68m", "vicuna-68m") and same_model("LMSYS/Vicuna-7B-v1.3", "vicuna-7b")
     assert same_model("lmsys/vicuna-7b-v1.3", "vicuna-7b-v1.3")  # a local folder's name
     assert not same_model("lmsys/vicuna-7b-v1.3", "vicuna-68m") and not same_model("a/vicuna", "b/vicuna")
+
+
+def test_a_claim_without_settings_on_a_method_that_needs_one():
+    """llm2slm needs a checkpoint; the paper's claim names none: its setup is not checked on settings."""
+    setup = claim_setup("llm2slm", "")
+    assert not setup.stated and setup.options == {}
+    with pytest.raises(BenchError, match="llm2slm"):
+        claim_setup("llm2slm", "max_length=3")
