@@ -75,6 +75,11 @@ class Mode(StrEnum):
     replace = "replace"
 
 
+class Bridge(StrEnum):
+    aligned = "aligned"
+    adapter = "adapter"
+
+
 class SlmTuning(StrEnum):
     full = "full"
     lora = "lora"
@@ -239,6 +244,11 @@ def train_llm2slm(
     task: str = _TASK,
     out: str = _OUT,
     mode: Mode = typer.Option(Mode.add, help="Add the projected LLM features to the prompt embeddings, or replace."),
+    bridge: Bridge = typer.Option(
+        Bridge.aligned,
+        help="Different tokenizers: the SLM's own prompt tokens plus the projected LLM features over their characters "
+        "(aligned, the paper's), or the LLM's tokens through an adapter.",
+    ),
     train_split: str | None = _TRAIN_SPLIT,
     eval_samples: int = _EVAL_SAMPLES,
     steps: int = _STEPS,

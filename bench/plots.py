@@ -61,8 +61,8 @@ def _whisker(ax: plt.Axes, x: float, row: pd.Series, colour: str = "black") -> f
 
 def _n(row: pd.Series) -> int:
     """The prompts a row's speedup is computed on."""
-    paired = row.get("paired_samples")
-    return int(row["samples"] if pd.isna(paired) or not paired else paired)
+    paired = row.get("paired_prompts")
+    return int(row["samples"] if paired is None or pd.isna(paired) or not paired else paired)
 
 
 def _bar(ax: plt.Axes, x: float, width: float, row: pd.Series, colour: str, shown: set[object]) -> None:
@@ -166,7 +166,7 @@ def speedup_vs_tau(df: pd.DataFrame, palette: Palette | None = None) -> plt.Figu
     fig.legend(
         handles=list(handles.values()), loc="outside lower center", ncols=cols, fontsize=8, title="method · setting"
     )
-    fig.legend(handles=tasks, loc="outside right upper", fontsize=8, title="task")
+    fig.legend(handles=tasks, loc="outside right center", fontsize=8, title="task")
     fig.suptitle("speedup = tau / c; dashed: equal overhead c (a method step's time over an AR step's)\n"
                  "whiskers: 95% CI", fontsize=10)  # fmt: skip
     return fig

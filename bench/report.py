@@ -108,8 +108,10 @@ def settings_label(config: dict[str, Any], brief: bool = False) -> str:
 
 
 def task_label(config: dict[str, Any]) -> str:
-    """The task and its option values: "wmt:newstest2014", "specbench:translation", "mtbench"."""
-    values = [str(v) for v in (config.get("task_options") or {}).values() if v is not None]
+    """The task and its option values: "wmt:newstest2014", "specbench:translation", "mtbench"; a value that is not
+    a name with its option's name: "specbench:per_group=4"."""
+    options = (config.get("task_options") or {}).items()
+    values = [v if isinstance(v, str) else f"{k}={v}" for k, v in options if v is not None]
     return ":".join([config["task"], *values])
 
 

@@ -25,7 +25,7 @@ from bench.checkpoint import HISTORY_FILE, resume_record  # HISTORY_FILE: public
 from core import models
 from core.errors import BenchError
 from core.models import LoadedModel
-from methods.llm2slm import LLM2SLM, MODES, TUNINGS, answer_loss, check_artifact, check_choice, tune
+from methods.llm2slm import BRIDGES, LLM2SLM, MODES, TUNINGS, answer_loss, check_artifact, check_choice, tune
 from tasks import cnndm
 from tasks.base import TASKS, Sample, Task
 from tasks.sources import SOURCES, load_rows
@@ -41,7 +41,8 @@ WARMUP_STEPS = 10  # linear learning-rate warm-up, then constant (so a run can b
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. All fields but `steps`, `eval_every`, `save_every`, `threads`,
-    `data_dir` and `out` must match to resume a checkpoint folder."""
+    `data_dir` and `out` must match to resume a checkpoint folder. New llm2slm runs of different tokenizers
+    default to `bridge` `aligned`, the paper's design (`methods.llm2slm_align`; old checkpoints are `adapter`)."""
 
     kind: str
     slm: str
@@ -55,6 +56,7 @@ class TrainConfig:
     lr: float = 1e-4
     slm_tuning: str = "full"
     mode: str = "add"
+    bridge: str = "aligned"
     max_prompt_tokens: int = 1024  # longer prompts are skipped (not truncated: that would cut the template)
     max_answer_tokens: int = 128  # longer answers are truncated (losing their EOS)
     seed: int = 0
@@ -76,6 +78,7 @@ class TrainConfig:
             raise BenchError(f"--lr must be a positive number (got {self.lr})")
         check_choice("--slm-tuning", self.slm_tuning, TUNINGS)
         check_choice("--mode", self.mode, MODES)
+        check_choice("--bridge", self.bridge, BRIDGES)
         if self.task not in TRAIN_SPLITS:
             raise BenchError(f"bench train supports --task {' or '.join(TRAIN_SPLITS)} (got {self.task!r})")
         if self.kind == "llm2slm" and not self.llm:
@@ -85,10 +88,9 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with its checkpoint."""
-        d = asdict(self)
-        for k in ("steps", "eval_every", "save_every", "threads", "data_dir", "out"):
-            d.pop(k)
-        return d
+        free = {"steps", "eval_every", "save_every", "threads", "data_dir", "out"}
+        free |= {"bridge"} if self.kind == "slm" else set()  # no LLM to bridge
+        return {k: v for k, v in asdict(self).items() if k not in free}
 
 
 @dataclass
@@ -280,7 +282,8 @@ def prepare(config: TrainConfig, out: Path, record: dict[str, Any] | None) -> Ru
     held_out, samples = samples[len(samples) - config.eval_samples :], samples[: len(samples) - config.eval_samples]
     llm, slm = load_models(config, record)
     torch.manual_seed(config.seed)
-    model = LLM2SLM(llm, slm, config.mode, config.slm_tuning) if llm else tune(slm.model, config.slm_tuning)
+    tuning = config.slm_tuning
+    model = LLM2SLM(llm, slm, config.mode, tuning, config.bridge) if llm else tune(slm.model, tuning)
     prompt_tokenizer, eos = llm.tokenizer if llm else slm.tokenizer, slm.tokenizer.eos_token_id
     train_ex, skipped = build_examples(task, samples, prompt_tokenizer, slm.tokenizer, eos, config)
     eval_ex, eval_skipped = build_examples(task, held_out, prompt_tokenizer, slm.tokenizer, eos, config)

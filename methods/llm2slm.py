@@ -8,9 +8,12 @@ small MLP projector maps those features to the small model's embedding width; th
 autoregressively with its own KV cache. The LLM never runs again for that prompt.
 
 Prompts are in the LLM's tokenization. When the SLM has the same vocabulary it embeds the prompt ids itself;
-otherwise it reads them through the LLM's frozen input embeddings and a trained linear adapter (`add` mode only:
-`replace` discards the token embeddings). Answers are always in the SLM's tokenization. Checkpoints come from
-`bench train llm2slm` (bench/train.py); they hold the trainable weights only, the models are reloaded by spec.
+otherwise the checkpoint's `bridge` decides (`methods.llm2slm_align`): `aligned` (the paper's design, the default
+for new runs) re-tokenizes the prompt's text for the SLM and gives each SLM token the mean projection of the LLM
+tokens covering its characters; `adapter` (checkpoints that record no bridge) reads the LLM's ids through the LLM's
+frozen input embeddings and a trained linear adapter (`add` mode only: `replace` discards the token embeddings).
+Answers are always in the SLM's tokenization. Checkpoints come from `bench train llm2slm` (bench/train.py); they
+hold the trainable weights only, the models are reloaded by spec.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from core.timing import Timer, Timing
 from methods.base import Decoded, Method, register
 from methods.decode import Sampler, StopRule
 from methods.kvcache import new_cache
+from methods.llm2slm_align import BRIDGES, LEGACY_BRIDGE, align_prompt, aligned_embeds, check_fast
 
 MODES = ("add", "replace")
 TUNINGS = ("full", "lora", "frozen")
@@ -106,7 +110,7 @@ def answer_loss(model: Any, prompts: list[torch.Tensor], answers: list[list[int]
 
 class Bridge(nn.Module):
     """The trained link from the LLM to the SLM: the projector (Linear, GELU, Linear) of the LLM's features and,
-    when the vocabularies differ, the adapter (Linear) of the LLM's input token embeddings.
+    for different vocabularies bridged by `adapter`, the adapter (Linear) of the LLM's input token embeddings.
 
     In `add` mode the projector's last layer starts at zero, so training starts from the SLM's own behaviour
     instead of adding features of an unrelated scale to its embeddings."""
@@ -141,17 +145,24 @@ class LLM2SLM(nn.Module):
     """The SLM and its bridge from the LLM. The LLM is held outside the module's parameters (a LoadedModel is no
     Module): frozen, in eval mode, run under no_grad, never saved."""
 
-    def __init__(self, llm: LoadedModel, slm: LoadedModel, mode: str = "add", tuning: str = "full") -> None:
+    def __init__(
+        self, llm: LoadedModel, slm: LoadedModel, mode: str = "add", tuning: str = "full", bridge: str = "aligned"
+    ) -> None:
         super().__init__()
         check_choice("--mode", mode, MODES)
+        check_choice("--bridge", bridge, BRIDGES)
         if slm.model.config.is_encoder_decoder:
             raise BenchError(f"llm2slm needs a decoder-only SLM; {slm.artifact.get('spec')} is an encoder-decoder")
         self.llm, self.mode = llm, mode
         self.slm_tokenizer, self.slm_eos = slm.tokenizer, frozenset(slm.eos_ids())
         llm.model.requires_grad_(False).eval()
         self.same_vocab = same_vocab(llm.tokenizer, slm.tokenizer)
+        self.aligned = bridge == "aligned" and not self.same_vocab
+        if self.aligned:
+            check_fast(llm.tokenizer, slm.tokenizer)
         d_slm = slm.model.get_input_embeddings().embedding_dim
-        d_adapter = None if self.same_vocab or mode == "replace" else llm.model.get_input_embeddings().embedding_dim
+        plain = self.same_vocab or self.aligned or mode == "replace"
+        d_adapter = None if plain else llm.model.get_input_embeddings().embedding_dim
         self.bridge = Bridge(llm.model.config.hidden_size, d_slm, mode, d_adapter)
         if self.bridge.adapter is not None:
             fit_adapter(self.bridge.adapter, llm, slm)
@@ -173,8 +184,12 @@ class LLM2SLM(nn.Module):
 
     def prompt_embeds(self, prompt_ids: list[int], features: torch.Tensor) -> torch.Tensor:
         """The SLM's input for a prompt (length, d_slm): projected LLM features, added to the prompt's token
-        embeddings (the SLM's own, or the LLM's through the adapter) or replacing them."""
+        embeddings (the SLM's own, or the LLM's through the adapter) or replacing them; `aligned`: in the SLM's
+        own tokens of the prompt (`methods.llm2slm_align`)."""
         projected = self.bridge.projector(features)
+        if self.aligned:
+            own_ids, weights = align_prompt(self.llm.tokenizer, self.slm_tokenizer, prompt_ids)
+            return aligned_embeds(self.slm.get_input_embeddings(), own_ids, weights, projected, self.mode)
         if self.mode == "replace":
             return projected
         ids = torch.tensor(prompt_ids, device=features.device)
@@ -234,8 +249,10 @@ def read_record(path: str | Path, kind: str | None = "llm2slm") -> dict[str, Any
     if kind is not None and record["kind"] != kind:
         raise BenchError(f"{path} is a `bench train {record['kind']}` checkpoint, not {kind}")
     config = record["config"] if isinstance(record["config"], dict) else {}
-    if config.get("mode") not in MODES or config.get("slm_tuning") not in TUNINGS:
-        raise BenchError(f"{file} is malformed: its config lacks a valid mode and slm_tuning")
+    # llm2slm checkpoints from before `bridge` was recorded are adapter ones; the slm baseline records none
+    bridge = config.setdefault("bridge", LEGACY_BRIDGE) if record["kind"] == "llm2slm" else LEGACY_BRIDGE
+    if config.get("mode") not in MODES or config.get("slm_tuning") not in TUNINGS or bridge not in BRIDGES:
+        raise BenchError(f"{file} is malformed: its config lacks a valid mode, slm_tuning and bridge")
     return record
 
 
@@ -272,7 +289,8 @@ def load_checkpoint(path: str | Path, llm: LoadedModel) -> LLM2SLM:
         raise BenchError(f"{path} is malformed: no {WEIGHTS_FILE}")
     slm = models.load(artifact_spec(record["slm_artifact"]), llm.artifact.get("dtype", "float32"), str(llm.device))
     check_artifact(record["slm_artifact"], slm.artifact, "SLM")
-    model = LLM2SLM(llm, slm, record["config"]["mode"], record["config"]["slm_tuning"])
+    config = record["config"]
+    model = LLM2SLM(llm, slm, config["mode"], config["slm_tuning"], config["bridge"])
     try:
         state = load_file(weights, device=str(llm.device))
     except Exception as exc:  # safetensors raises its own error types for torn or foreign files

@@ -1,5 +1,6 @@
 """LLM-to-SLM: shapes, what trains, training lowers the loss, checkpoints (round trip, refusal, resume), the
-adapter for different tokenizers, and `bench train` + `bench run --method llm2slm` end to end on tiny models."""
+adapter for different tokenizers, and `bench train` + `bench run --method llm2slm` end to end on tiny models
+(the aligned bridge: tests/test_llm2slm_align.py)."""
 
 from __future__ import annotations
 
@@ -196,7 +197,7 @@ def test_checkpoint_for_another_llm_or_malformed_is_refused(dirs, wmt_dir, tmp_p
 
 
 def test_adapter_when_tokenizers_differ(dirs, tok, other_tok):
-    model = LLM2SLM(loaded(dirs["llm"]), loaded(dirs["slm_other"]), "add", "frozen")
+    model = LLM2SLM(loaded(dirs["llm"]), loaded(dirs["slm_other"]), "add", "frozen", "adapter")
     assert not model.same_vocab
     assert (model.bridge.adapter.in_features, model.bridge.adapter.out_features) == (96, 64)
     ids = prompts(tok)  # prompts in the LLM's tokens, answers in the SLM's
@@ -205,7 +206,7 @@ def test_adapter_when_tokenizers_differ(dirs, tok, other_tok):
     total, count = model.loss(ids, model.encode(ids), answers)
     total.backward()
     assert count == sum(map(len, answers)) and model.bridge.adapter.weight.grad.abs().sum() > 0
-    assert LLM2SLM(loaded(dirs["llm"]), loaded(dirs["slm_other"]), "replace").bridge.adapter is None
+    assert LLM2SLM(loaded(dirs["llm"]), loaded(dirs["slm_other"]), "replace", bridge="adapter").bridge.adapter is None
 
 
 def test_resume_continues_from_the_saved_step(dirs, wmt_dir, tmp_path):
@@ -289,6 +290,7 @@ def test_cli_train_slm_baseline_is_a_model_folder(monkeypatch, capsys, dirs, wmt
     assert code == 0, err
     record = json.loads((tmp_path / "base" / STATE_FILE).read_text())
     assert record["kind"] == "slm" and record["llm_artifact"] is None and record["step"] == 2
+    assert "bridge" not in record["config"]  # no LLM to bridge
     model = bench_models.load(ck)  # LoRA merged: a plain transformers model
     assert not any("lora" in n for n, _ in model.model.named_parameters())
     args = ["-m", "ar", "-t", "wmt", "--model", ck, "--data-dir", wmt_dir, "--limit", "1", "--max-new-tokens", "4"]
