@@ -63,6 +63,7 @@ class Listing(StrEnum):
     methods = "methods"
     tasks = "tasks"
     models = "models"
+    templates = "templates"
 
 
 class Executor(StrEnum):
@@ -177,14 +178,15 @@ def check(
 
 @app.command("list")
 @guarded
-def list_(what: Listing = typer.Argument(..., help="methods, tasks or models")) -> None:
-    """Show the registered methods (with their options), tasks (with their metrics) or model presets."""
+def list_(what: Listing = typer.Argument(..., help="methods, tasks, models or templates")) -> None:
+    """Show the registered methods (with their options), tasks (with their metrics), model presets or the chat
+    templates `--chat-template` takes."""
     if what is Listing.models:
         rows = [(p.name, p.description + (" [cached]" if is_cached(p) else "")) for p in PRESETS.values()]
     else:
-        from bench.listing import methods, tasks
+        from bench.listing import methods, tasks, templates
 
-        rows = methods() if what is Listing.methods else tasks()
+        rows = {Listing.methods: methods, Listing.tasks: tasks, Listing.templates: templates}[what]()
     width = max(len(n) for n, _ in rows)
     for name, desc in rows:
         typer.echo(f"{name:<{width}}  {desc}")

@@ -30,6 +30,13 @@ def shipped() -> list[str]:
     return sorted(p.name.removesuffix(".jinja") for p in TEMPLATE_DIR.glob("*.jinja"))
 
 
+def describe(name: str) -> str:
+    """A shipped template's one-line description: the start of its leading comment."""
+    text = (TEMPLATE_DIR / f"{name}.jinja").read_text(encoding="utf-8")
+    comment = text.removeprefix("{#-").split("-#}")[0] if text.startswith("{#-") else ""
+    return " ".join(comment.split()).split(" (")[0]
+
+
 def label(choice: str) -> str:
     """How a choice is recorded: a template file by its file name (never a machine path), others as given."""
     return Path(choice).name if choice.endswith(".jinja") else choice

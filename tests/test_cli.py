@@ -109,6 +109,7 @@ def test_list(monkeypatch, capsys):
         "methods": ("ar", "--window 5, --ngram 3, --guess 5, --prompt-ngrams False", "needs --draft"),
         "tasks": ("mtbench", "bleu (higher is better)", "--split newstest2014"),
         "models": ("smollm2-135m",),
+        "templates": ("hf ", "none ", "vicuna_v1.1", "FastChat's `vicuna_v1.1` conversation", "llama-2-chat"),
     }
     for what, names in expected.items():
         code, out, _ = bench(monkeypatch, capsys, "list", what)
