@@ -228,11 +228,10 @@ def _scatter(values: list[int], rows: list[int], size: int) -> list[int]:
 
 
 def _verify_step(
-    model: Any, cache: Any, inputs: list[int], cached: int, draft: Draft, sampler: Sampler | None
+    model: Any, cache: Any, inputs: list[int], cached: int, draft: Draft, sampler: Sampler | None, device: torch.device
 ) -> tuple[list[int], list[int], int]:
     """One target forward over `inputs` (uncached tokens, the pending one last) and the draft; keeps the
     accepted positions in the cache. Returns the target's argmax per step row, the accepted indices, the next token."""
-    device = next(model.parameters()).device
     prefix = len(inputs) - 1
     step = torch.tensor([[*inputs, *draft.tokens]], device=device)
     read = _read_rows(draft)
@@ -288,7 +287,7 @@ def verify_loop(
             logits = model(ids, past_key_values=cache, logits_to_keep=1).logits[0, -1]
             new = [int(logits.argmax()) if sampler is None else sampler.sample(sampler.probs(logits))]
         else:
-            predicted, path, following = _verify_step(model, cache, inputs, cached, draft, sampler)
+            predicted, path, following = _verify_step(model, cache, inputs, cached, draft, sampler, device)
             drafter.observe(draft, predicted, path)
             new = [draft.tokens[i] for i in path] + [following]
         start = len(tokens)
