@@ -223,7 +223,9 @@ def task_check(
 _SLM = typer.Option(..., help="The small model: preset, hub id or local folder (decoder-only).")
 _TASK = typer.Option(..., "--task", "-t", help="wmt or cnndm; trains on a training split, never the evaluation one.")
 _OUT = typer.Option(..., help="Checkpoint folder; the same command again resumes it.")
-_TRAIN_SPLIT = typer.Option(None, help="Training split (wmt: newstest2016; cnndm: validation).")
+_TRAIN_SPLIT = typer.Option(
+    None, help="Training split (wmt: newstest2015-2019, a range or one year; cnndm: validation)."
+)
 _EVAL_SAMPLES = typer.Option(32, help="Last N examples of the training split, held out for the eval loss.")
 _STEPS = typer.Option(200, help="Optimizer steps (a resumed run continues up to this many).")
 _BATCH_SIZE = typer.Option(8, help="Examples per step.")
@@ -250,6 +252,12 @@ def train_llm2slm(
         Bridge.aligned,
         help="Different tokenizers: the SLM's own prompt tokens plus the projected LLM features over their characters "
         "(aligned, the paper's), or the LLM's tokens through an adapter.",
+    ),
+    llm_layer: int = typer.Option(
+        -1, help="The LLM layer whose features the SLM reads: -1 the last (after the final norm), K block K's output."
+    ),
+    cache_features: bool = typer.Option(
+        False, help="Keep the LLM's features on disk, keyed by its artifact and layer, for later runs to reuse."
     ),
     train_split: str | None = _TRAIN_SPLIT,
     eval_samples: int = _EVAL_SAMPLES,

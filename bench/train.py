@@ -3,8 +3,9 @@ training split, with a held-out evaluation loss, periodic checkpoints and resume
 
 Examples are built like evaluation prompts (the task's `prompt_ids`: the LLM's tokenizer for llm2slm, the SLM's for
 the baseline); the target is the reference text plus the SLM's EOS in the SLM's tokenizer, and the loss is on
-answer tokens only. wmt trains on newstest2016 (runs evaluate newstest2014), cnndm on its validation split (runs
-evaluate test); the last `--eval-samples` examples of the training split are held out for the evaluation loss.
+answer tokens only. wmt trains on newstest2015-2019 (a range of years, or one year; runs evaluate newstest2014),
+cnndm on its validation split (runs evaluate test); the last `--eval-samples` examples of the training split are
+held out for the evaluation loss. `--cache-features` keeps the frozen LLM's features on disk (`bench.features`).
 The checkpoint folder's files are written and read back by `bench.checkpoint`.
 """
 
@@ -22,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import checkpoint
 from bench.checkpoint import HISTORY_FILE, resume_record  # HISTORY_FILE: public here, for the CLI
+from bench.features import FeatureCache, features_folder
 from core import models
 from core.errors import BenchError
 from core.models import LoadedModel
@@ -29,12 +31,12 @@ from methods.llm2slm import BRIDGES, LLM2SLM, MODES, TUNINGS, answer_loss, check
 from tasks import cnndm
 from tasks.base import TASKS, Sample, Task
 from tasks.sources import SOURCES, load_rows
-from tasks.wmt import WMT, WMTOptions
+from tasks.wmt import WMT, WMTOptions, year
 
 __all__ = ["HISTORY_FILE", "TrainConfig", "TrainResult", "train"]
 
 KINDS = ("llm2slm", "slm")
-TRAIN_SPLITS = {"wmt": "newstest2016", "cnndm": "validation"}
+TRAIN_SPLITS = {"wmt": "newstest2015-2019", "cnndm": "validation"}
 WARMUP_STEPS = 10  # linear learning-rate warm-up, then constant (so a run can be extended with more --steps)
 
 
@@ -57,6 +59,8 @@ class TrainConfig:
     slm_tuning: str = "full"
     mode: str = "add"
     bridge: str = "aligned"
+    llm_layer: int = -1  # the LLM's last hidden state (after the final norm); K: the output of block K
+    cache_features: bool = False  # keep the LLM's features on disk (bench.features), shared by runs
     max_prompt_tokens: int = 1024  # longer prompts are skipped (not truncated: that would cut the template)
     max_answer_tokens: int = 128  # longer answers are truncated (losing their EOS)
     seed: int = 0
@@ -88,8 +92,8 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with its checkpoint."""
-        free = {"steps", "eval_every", "save_every", "threads", "data_dir", "out"}
-        free |= {"bridge"} if self.kind == "slm" else set()  # no LLM to bridge
+        free = {"steps", "eval_every", "save_every", "threads", "data_dir", "out", "cache_features"}
+        free |= {"bridge", "llm_layer"} if self.kind == "slm" else set()  # no LLM to bridge
         return {k: v for k, v in asdict(self).items() if k not in free}
 
 
@@ -115,10 +119,9 @@ def training_samples(config: TrainConfig) -> tuple[Task, list[Sample]]:
     """The task (for its prompt format) and its training split's samples; never its evaluation split."""
     split = config.train_split
     if config.task == "wmt":
-        task = WMT(config.data_dir, WMTOptions(split=split))
-        if task.year == 2014:
-            raise BenchError("newstest2014 is the wmt evaluation split; train on newstest2016")
-        return task, task.load()
+        years = wmt_years(split)
+        tasks = [WMT(config.data_dir, WMTOptions(split=f"newstest{year}")) for year in years]
+        return tasks[0], [sample for task in tasks for sample in task.load()]
     if split in cnndm.SUBSETS:
         raise BenchError(f"{split} is the cnndm evaluation split; train on validation or train")
     task = TASKS.get("cnndm")(config.data_dir)
@@ -131,6 +134,18 @@ def training_samples(config: TrainConfig) -> tuple[Task, list[Sample]]:
         for i, r in enumerate(rows)
     ]
     return task, samples
+
+
+def wmt_years(split: str) -> list[int]:
+    """The newstest years of a wmt training split: one ("newstest2016") or a range ("newstest2015-2019"); 2014,
+    the evaluation year, is refused."""
+    first, dash, last = split.removeprefix("newstest").partition("-")
+    years = list(range(year(first), year(last if dash else first) + 1))
+    if not years:
+        raise BenchError(f"wmt training split {split!r} is an empty range of years")
+    if 2014 in years:
+        raise BenchError("newstest2014 is the wmt evaluation split; train on newstest2015-2019")
+    return years
 
 
 def build_examples(
@@ -146,27 +161,6 @@ def build_examples(
         answer = answer_tokenizer(sample.reference, add_special_tokens=False)["input_ids"] + [eos]
         examples.append(Example(prompt, answer[: config.max_answer_tokens]))
     return examples, skipped
-
-
-class FeatureCache:
-    """The frozen LLM's features of each example's prompt, computed on first use and kept in memory.
-
-    The LLM is never trained, so its representation of a prompt never changes: encoding each prompt once, instead
-    of at every epoch and every evaluation, takes the LLM out of the training step, which is most of its CPU time.
-    The price is memory: prompt tokens x the LLM's hidden size floats per example used.
-    """
-
-    def __init__(self, model: LLM2SLM, examples: list[Example]) -> None:
-        self.model = model
-        self.examples = examples
-        self.features: dict[int, torch.Tensor] = {}
-
-    def get(self, indices: list[int]) -> list[torch.Tensor]:
-        missing = [i for i in dict.fromkeys(indices) if i not in self.features]
-        if missing:
-            encoded = self.model.encode([self.examples[i].prompt for i in missing])
-            self.features.update(zip(missing, encoded, strict=True))
-        return [self.features[i] for i in indices]
 
 
 def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
@@ -282,8 +276,8 @@ def prepare(config: TrainConfig, out: Path, record: dict[str, Any] | None) -> Ru
     held_out, samples = samples[len(samples) - config.eval_samples :], samples[: len(samples) - config.eval_samples]
     llm, slm = load_models(config, record)
     torch.manual_seed(config.seed)
-    tuning = config.slm_tuning
-    model = LLM2SLM(llm, slm, config.mode, tuning, config.bridge) if llm else tune(slm.model, tuning)
+    tuning, layer = config.slm_tuning, config.llm_layer
+    model = LLM2SLM(llm, slm, config.mode, tuning, config.bridge, layer) if llm else tune(slm.model, tuning)
     prompt_tokenizer, eos = llm.tokenizer if llm else slm.tokenizer, slm.tokenizer.eos_token_id
     train_ex, skipped = build_examples(task, samples, prompt_tokenizer, slm.tokenizer, eos, config)
     eval_ex, eval_skipped = build_examples(task, held_out, prompt_tokenizer, slm.tokenizer, eos, config)
@@ -292,7 +286,10 @@ def prepare(config: TrainConfig, out: Path, record: dict[str, Any] | None) -> Ru
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
     examples = {"train": len(train_ex), "held_out": len(eval_ex), "skipped_long": skipped + eval_skipped}
     fixed = checkpoint.new_record(config, llm.artifact if llm else None, slm.artifact, examples)
-    losses = [make_loss(model, ex, FeatureCache(model, ex) if llm else None) for ex in (train_ex, eval_ex)]
+    folder = features_folder(llm.artifact, config.llm_layer) if llm and config.cache_features else None
+    caches = [FeatureCache(model.encode, [e.prompt for e in ex], model.dtype, folder) if llm else None
+              for ex in (train_ex, eval_ex)]  # fmt: skip
+    losses = [make_loss(model, ex, cache) for ex, cache in zip((train_ex, eval_ex), caches, strict=True)]
     export = slm.tokenizer if config.kind == "slm" else None
     step, wall, history = checkpoint.restore(out, record, model, optimizer) if record else (0, 0.0, [])
     started = time.perf_counter() - wall

@@ -141,7 +141,7 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu", device_map: str
 
     `device_map` (e.g. "auto") lets accelerate place a large model across the GPUs of one node instead of moving
     it to `device`; the placement is the model's `hf_device_map`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from core.attention import use_ours
@@ -166,10 +166,12 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu", device_map: str
         raise BenchError(f"model {spec!r} is neither a preset ({', '.join(PRESETS)}), a folder, nor a hub id")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+        encoder_decoder = AutoConfig.from_pretrained(source).is_encoder_decoder  # T5, BART: LLM-to-SLM reads them
+        auto = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
         if device_map:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map).eval()
+            model = auto.from_pretrained(source, dtype=torch_dtype, device_map=device_map).eval()
         else:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(torch_device).eval()
+            model = auto.from_pretrained(source, dtype=torch_dtype).to(torch_device).eval()
     except Exception as exc:  # transformers raises many types: OSError, ValueError, HFValidationError ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BenchError(f"could not load model {spec!r}: {first}") from exc

@@ -41,6 +41,7 @@ class Method(ABC):
     Options: ClassVar[type[Options]] = Options
     lossless: ClassVar[bool] = True  # greedy output must equal autoregressive greedy output
     uses_draft: ClassVar[bool] = False  # needs a draft model (`--draft`)
+    encoder_decoder_target: ClassVar[bool] = False  # takes an encoder-decoder target (T5); the others decode only
 
     def __init__(self, target: LoadedModel, sampler: Sampler | None, options: Options | None = None,
                  draft: LoadedModel | None = None) -> None:  # fmt: skip
@@ -48,6 +49,10 @@ class Method(ABC):
         self.sampler = sampler
         self.options = options if options is not None else self.Options()
         self.draft = draft
+        if target.model.config.is_encoder_decoder and not self.encoder_decoder_target:
+            spec = target.artifact.get("spec", "the model")
+            raise BenchError(f"method {self.name} needs a decoder-only model; {spec} is an encoder-decoder model "
+                             "(llm2slm reads one as its LLM, with --no-baseline)")  # fmt: skip
         if self.uses_draft and draft is None:
             raise BenchError(f"{self.name} needs a draft model: --draft PRESET|HF-ID|PATH")
 

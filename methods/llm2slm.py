@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,13 +81,34 @@ def same_vocab(a: Any, b: Any) -> bool:
     return a.get_vocab() == b.get_vocab()
 
 
+def llm_layers(model: Any) -> int:
+    """How many layers the LLM's encoder (encoder-decoder) or decoder (decoder-only) has."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(getattr(config, "num_layers", None) or config.num_hidden_layers)
+
+
+def check_layer(layer: int, model: Any) -> None:
+    """Refuse an --llm-layer the LLM does not have (-1: the last, after the final norm; K: block K's output)."""
+    count = llm_layers(model)
+    if layer != -1 and not 1 <= layer <= count:
+        raise BenchError(f"--llm-layer must be -1 (the last) or 1..{count} for this LLM (got {layer})")
+
+
 @torch.no_grad()
-def llm_features(model: Any, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The LLM's representation of prompt ids (batch, length, hidden): the encoder's last hidden state for an
-    encoder-decoder model, the base model's last hidden state (after the final norm) for a decoder-only one."""
+def llm_features(model: Any, ids: torch.Tensor, mask: torch.Tensor | None = None, layer: int = -1) -> torch.Tensor:
+    """The LLM's representation of prompt ids (batch, length, hidden): for an encoder-decoder model its encoder's,
+    for a decoder-only one its base model's. Layer -1 is the last hidden state (after the final norm); layer K is
+    the output of block K (transformers' hidden_states[K]; 0 would be the embeddings; the last one is after the final
+    norm, so K = the layer count is the same as -1)."""
     if model.config.is_encoder_decoder:
-        return model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-    return model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        encoder = model.get_encoder()
+        if layer == -1:
+            return encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer]
+    if layer == -1:
+        return model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    out = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+    return out.hidden_states[layer]
 
 
 def answer_loss(model: Any, prompts: list[torch.Tensor], answers: list[list[int]]) -> tuple[torch.Tensor, int]:
@@ -106,6 +128,23 @@ def answer_loss(model: Any, prompts: list[torch.Tensor], answers: list[list[int]
     keep = target != -100
     logits = model(inputs_embeds=batch, attention_mask=mask, logits_to_keep=keep).logits  # (answer tokens, vocab)
     return F.cross_entropy(logits.float(), target[keep], reduction="sum"), int(keep.sum())
+
+
+def seq2seq_loss(model: Any, prompts: list[torch.Tensor], answers: list[list[int]]) -> tuple[torch.Tensor, int]:
+    """`answer_loss` for an encoder-decoder SLM: the prompt embeddings are its encoder's input (a right-padded
+    batch, padding masked), its decoder reads each answer after the start token."""
+    device = prompts[0].device
+    length, width = max(len(p) for p in prompts), max(len(a) for a in answers)
+    batch = torch.stack([F.pad(p, (0, 0, 0, length - len(p))) for p in prompts])
+    mask = torch.stack([torch.arange(length, device=device) < len(p) for p in prompts]).long()
+    labels = torch.tensor([a + [-100] * (width - len(a)) for a in answers], device=device)
+    config = model.config
+    start = torch.full((len(answers), 1), config.decoder_start_token_id, device=device)
+    decoder_ids = torch.cat([start, labels[:, :-1]], 1)
+    decoder_ids = decoder_ids.masked_fill(decoder_ids == -100, config.pad_token_id or 0)  # padding: not scored
+    logits = model(inputs_embeds=batch, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    keep = labels != -100
+    return F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum"), int(keep.sum())
 
 
 class Bridge(nn.Module):
@@ -146,14 +185,20 @@ class LLM2SLM(nn.Module):
     Module): frozen, in eval mode, run under no_grad, never saved."""
 
     def __init__(
-        self, llm: LoadedModel, slm: LoadedModel, mode: str = "add", tuning: str = "full", bridge: str = "aligned"
+        self,
+        llm: LoadedModel,
+        slm: LoadedModel,
+        mode: str = "add",
+        tuning: str = "full",
+        bridge: str = "aligned",
+        llm_layer: int = -1,
     ) -> None:
         super().__init__()
         check_choice("--mode", mode, MODES)
         check_choice("--bridge", bridge, BRIDGES)
-        if slm.model.config.is_encoder_decoder:
-            raise BenchError(f"llm2slm needs a decoder-only SLM; {slm.artifact.get('spec')} is an encoder-decoder")
-        self.llm, self.mode = llm, mode
+        check_layer(llm_layer, llm.model)
+        self.encoder_decoder = bool(slm.model.config.is_encoder_decoder)  # the bridged prompt is its encoder input
+        self.llm, self.mode, self.llm_layer = llm, mode, llm_layer
         self.slm_tokenizer, self.slm_eos = slm.tokenizer, frozenset(slm.eos_ids())
         llm.model.requires_grad_(False).eval()
         self.same_vocab = same_vocab(llm.tokenizer, slm.tokenizer)
@@ -179,7 +224,7 @@ class LLM2SLM(nn.Module):
         length = max(len(p) for p in prompts)
         ids = torch.tensor([p + [0] * (length - len(p)) for p in prompts], device=device)
         mask = torch.tensor([[1] * len(p) + [0] * (length - len(p)) for p in prompts], device=device)
-        features = llm_features(self.llm.model, ids, mask)
+        features = llm_features(self.llm.model, ids, mask, self.llm_layer)
         return [features[i, : len(p)].to(self.dtype) for i, p in enumerate(prompts)]
 
     def prompt_embeds(self, prompt_ids: list[int], features: torch.Tensor) -> torch.Tensor:
@@ -201,7 +246,7 @@ class LLM2SLM(nn.Module):
         self, prompts: list[list[int]], features: list[torch.Tensor], answers: list[list[int]]
     ) -> tuple[torch.Tensor, int]:
         embeds = [self.prompt_embeds(p, f) for p, f in zip(prompts, features, strict=True)]
-        return answer_loss(self.slm, embeds, answers)
+        return (seq2seq_loss if self.encoder_decoder else answer_loss)(self.slm, embeds, answers)
 
     def for_inference(self) -> LLM2SLM:
         """Merge LoRA adapters into the SLM's weights (no adapter cost per token), eval mode, no gradients."""
@@ -212,25 +257,47 @@ class LLM2SLM(nn.Module):
 
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer, sampler: Sampler | None) -> Decoded:
-        """Encode the prompt with the LLM (marked), prefill the SLM with the bridged embeddings, then decode with
-        the SLM alone. `encode_s` is the encode mark; the timing's first token is the SLM's prefill."""
+        """Encode the prompt with the LLM (marked), prefill the SLM with the bridged embeddings (an encoder-decoder
+        SLM: run its encoder on them, then its decoder's start token), then decode with the SLM alone. `encode_s`
+        is the encode mark; the timing's first token is the SLM's prefill."""
         timer.start()
         features = self.encode([prompt_ids])[0]
         timer.mark()
-        cache = new_cache(self.slm)
         embeds = self.prompt_embeds(prompt_ids, features)[None]
-        logits = self.slm(inputs_embeds=embeds, past_key_values=cache, logits_to_keep=1).logits[0, -1]
+        logits, forward = self.encoder_decoder_prefill(embeds) if self.encoder_decoder else self.prefill(embeds)
         tokens: list[int] = []
         while True:
             tokens.append(int(logits.argmax()) if sampler is None else sampler.sample(sampler.probs(logits)))
             timer.mark()
             if stop.end(tokens, len(tokens) - 1) is not None:
                 break
-            step = torch.tensor([tokens[-1:]], device=features.device)
-            logits = self.slm(step, past_key_values=cache).logits[0, -1]
+            logits = forward(torch.tensor([tokens[-1:]], device=features.device))
         marks = timer.read()
         timing = Timing(first=marks.steps[0], steps=marks.steps[1:], total=marks.total)
         return Decoded(tokens, [1] * len(tokens), timing, encode_s=marks.first)
+
+    def prefill(self, embeds: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """A decoder-only SLM's logits after the bridged prompt, and its next-token step (ids -> logits)."""
+        cache = new_cache(self.slm)
+        logits = self.slm(inputs_embeds=embeds, past_key_values=cache, logits_to_keep=1).logits[0, -1]
+        return logits, lambda ids: self.slm(ids, past_key_values=cache).logits[0, -1]
+
+    def encoder_decoder_prefill(
+        self, embeds: torch.Tensor
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """An encoder-decoder SLM's logits after its encoder read the bridged prompt and its decoder the start
+        token, and its decoder's next-token step (ids -> logits), on a self- and cross-attention cache."""
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+        from transformers.modeling_outputs import BaseModelOutput
+
+        memory = BaseModelOutput(last_hidden_state=self.slm.get_encoder()(inputs_embeds=embeds).last_hidden_state)
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+        def forward(ids: torch.Tensor) -> torch.Tensor:
+            return self.slm(encoder_outputs=memory, decoder_input_ids=ids, past_key_values=cache).logits[0, -1]
+
+        start = torch.tensor([[self.slm.config.decoder_start_token_id]], device=embeds.device)
+        return forward(start), forward
 
 
 def read_record(path: str | Path, kind: str | None = "llm2slm") -> dict[str, Any]:
@@ -251,6 +318,7 @@ def read_record(path: str | Path, kind: str | None = "llm2slm") -> dict[str, Any
     config = record["config"] if isinstance(record["config"], dict) else {}
     # llm2slm checkpoints from before `bridge` was recorded are adapter ones; the slm baseline records none
     bridge = config.setdefault("bridge", LEGACY_BRIDGE) if record["kind"] == "llm2slm" else LEGACY_BRIDGE
+    config.setdefault("llm_layer", -1)  # checkpoints from before --llm-layer read the last layer
     if config.get("mode") not in MODES or config.get("slm_tuning") not in TUNINGS or bridge not in BRIDGES:
         raise BenchError(f"{file} is malformed: its config lacks a valid mode, slm_tuning and bridge")
     return record
@@ -290,7 +358,7 @@ def load_checkpoint(path: str | Path, llm: LoadedModel) -> LLM2SLM:
     slm = models.load(artifact_spec(record["slm_artifact"]), llm.artifact.get("dtype", "float32"), str(llm.device))
     check_artifact(record["slm_artifact"], slm.artifact, "SLM")
     config = record["config"]
-    model = LLM2SLM(llm, slm, config["mode"], config["slm_tuning"], config["bridge"])
+    model = LLM2SLM(llm, slm, config["mode"], config["slm_tuning"], config["bridge"], config["llm_layer"])
     try:
         state = load_file(weights, device=str(llm.device))
     except Exception as exc:  # safetensors raises its own error types for torn or foreign files

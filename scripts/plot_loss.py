@@ -1,6 +1,6 @@
 """Plot the train and held-out loss curves of `bench train` checkpoints (their history.csv) into one PNG.
 
-python scripts/plot_loss.py ckpt/llm2slm-qwen05-smollm2 ckpt/slm-smollm2 --out results/llm2slm/loss.png
+python scripts/plot_loss.py ckpt/llm2slm-qwen05-smollm2 ckpt/slm-smollm2 ckpt/lora-qwen05 --out results/llm2slm/loss.png
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
         print(f"{folder.name}: " + ", ".join(f"{int(s)}: {v:.3f}" for s, v in points))
     ax.set_xlabel("optimizer step (batch 8)")
     ax.set_ylabel("cross-entropy per answer token")
-    ax.set_title("training loss (thin: train, 10-step mean; dots: held-out newstest2016 lines)")
+    ax.set_title("training loss (thin: train, 10-step mean; dots: held-out training-split lines)")
     ax.legend()
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)

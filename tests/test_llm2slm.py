@@ -93,10 +93,11 @@ def dirs(tmp_path_factory, tok, other_tok) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def wmt_dir(tmp_path_factory) -> str:
-    """A data folder with tiny newstest2016 (training) and newstest2014 (evaluation) files."""
+    """A data folder with tiny newstest2015-2019 (training) and newstest2014 (evaluation) files."""
     root = tmp_path_factory.mktemp("wmt-data")
     (root / "wmt_de_en").mkdir()
-    for year, pairs in ((2016, PAIRS), (2014, PAIRS[:3])):
+    years = [(2016, PAIRS), (2014, PAIRS[:3])] + [(year, PAIRS[:1]) for year in (2015, 2017, 2018, 2019)]
+    for year, pairs in years:
         rows = [json.dumps({"id": i, "src": de, "ref": en}) for i, (de, en) in enumerate(pairs)]
         (root / "wmt_de_en" / f"newstest{year}.de-en.jsonl").write_text("\n".join(rows) + "\n")
     return str(root)

@@ -53,3 +53,24 @@ def test_acceptance_rate_and_per_position():
     assert "acceptance_rate" in aggregate(records) and "acceptance_rate" not in aggregate(
         records[:0] or [_record("b", 1, 1.0)]
     )
+
+
+def test_paired_bootstrap_of_a_corpus_metric_difference():
+    import sacrebleu
+
+    from bench.significance import paired_bootstrap, signature
+
+    refs = [f"the {w} house is small and old ." for w in ("red", "blue", "big", "new", "white", "dark")] * 5
+    good = [r.replace(" old", "") for r in refs]  # close to the references
+    bad = [r.split(" is ")[0] + " ." for r in refs]  # half of each sentence
+    for metric, score in (("bleu", sacrebleu.corpus_bleu), ("chrf", sacrebleu.corpus_chrf)):
+        test = paired_bootstrap(metric, refs, good, bad, resamples=200)
+        assert test["delta"] == pytest.approx(score(good, [refs]).score - score(bad, [refs]).score)
+        assert 0 < test["low"] <= test["delta"] <= test["high"] and test["p_not_better"] == 0
+        same = paired_bootstrap(metric, refs, good, good, resamples=50)
+        assert same["delta"] == same["low"] == same["high"] == 0 and same["p_not_better"] == 1
+    mixed = good[:15] + bad[15:]  # better on half the sentences, worse on none: the interval still excludes 0
+    assert paired_bootstrap("bleu", refs, mixed, bad, resamples=200)["low"] > 0
+    assert "tok:13a" in signature("bleu") and "nrefs:1" in signature("bleu")
+    with pytest.raises(ValueError):
+        paired_bootstrap("bleu", refs, good[:-1], bad)

@@ -1,0 +1,142 @@
+"""The LLM-to-SLM table: for each LLM/SLM pair, the LLM as is (and fine-tuned, when run), the SLM fine-tuned alone,
+and LLM-to-SLM, on the same newstest2014 sentences: BLEU, chrF, time per sentence, speedup over the LLM's own
+greedy decoding, and the paired-bootstrap interval of LLM-to-SLM's BLEU and chrF difference from the SLM alone.
+
+    python scripts/llm2slm_table.py --out results/llm2slm \\
+        --pair "qwen2.5-coder-0.5b -> smollm2-135m" llm2slm=RUN slm=RUN [llm_ft=RUN]
+
+`llm2slm=RUN`: a `bench run --method llm2slm` directory with its `ar` baseline (the LLM as is, same run,
+interleaved); `slm=RUN` and `llm_ft=RUN`: `bench run --method ar` directories of `bench train slm` checkpoints;
+`layerK=RUN`: LLM-to-SLM trained on LLM layer K (`--llm-layer K`), run with `--no-baseline`.
+Speedup is the ratio of total wall time over the same sentences (the models' tokenizers differ, so tokens/s are
+not comparable across rows); the LLM-to-SLM row's is measured in the same run as the LLM's, the others' across runs
+on the same machine (marked). Training time comes from each checkpoint's record when its folder is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.significance import corpus_metric, paired_bootstrap, signature
+from bench.store import SAMPLES
+from methods.llm2slm import STATE_FILE
+from tasks.wmt import WMT, first_line
+
+METRICS = ("bleu", "chrf")
+ROLES = {"llm2slm": "method", "slm": None, "llm_ft": None}  # None: an `ar` run's one lane
+SYSTEMS = {"llm": "LLM (as is)", "llm_ft": "LLM fine-tuned (LoRA)", "slm": "SLM fine-tuned alone",
+           "llm2slm": "LLM-to-SLM"}  # fmt: skip
+LAYER = "layer"  # layerK=RUN: LLM-to-SLM reading LLM layer K (a run without baseline)
+
+
+def role(key: str) -> str | None:
+    return "method" if key.startswith(LAYER) else ROLES[key]
+
+
+def system(key: str) -> str:
+    return f"LLM-to-SLM, LLM layer {key.removeprefix(LAYER)}" if key.startswith(LAYER) else SYSTEMS[key]
+
+
+def records(run: Path, role: str | None) -> dict[str, dict[str, Any]]:
+    """The finished first-repeat records of one lane of a run (`role`; None: every record), by sample id."""
+    rows = [json.loads(line) for line in (run / SAMPLES).read_text().splitlines() if line.strip()]
+    return {r["sample_id"]: r for r in rows if role in (None, r["role"]) and r.get("repeat", 1) == 1}
+
+
+def training(run: Path) -> dict[str, Any]:
+    """What trained the system of a run: its checkpoint folder (relative), steps and wall time, when present."""
+    config = json.loads((run / "manifest.json").read_text())["config"]
+    folder = config["options"].get("checkpoint") or config["model"]
+    state = Path(folder) / STATE_FILE
+    if not state.is_file():
+        return {"checkpoint": folder}
+    record = json.loads(state.read_text())
+    layer = record["config"].get("llm_layer") if record["kind"] == "llm2slm" else None
+    return {"checkpoint": folder, "train_steps": record["step"], "train_min": record["wall_s"] / 60,
+            "train_examples": record["examples"]["train"], "llm_layer": layer}  # fmt: skip
+
+
+def pair_rows(name: str, runs: dict[str, Path], references: dict[str, str]) -> list[dict[str, Any]]:
+    """The table rows of one pair, on the sentences every system finished."""
+    lanes = {"llm": records(runs["llm2slm"], "baseline")}
+    lanes |= {key: records(runs[key], role(key)) for key in runs}
+    ids = sorted(set.intersection(*(set(lane) for lane in lanes.values())), key=lambda i: (len(i), i))
+    refs = [references[i] for i in ids]
+    hyps = {key: [first_line(lane[i]["text"]) for i in ids] for key, lane in lanes.items()}
+    seconds = {key: sum(lane[i]["total_s"] for i in ids) for key, lane in lanes.items()}
+    rows: dict[str, dict[str, Any]] = {}
+    for key, lane in lanes.items():
+        row = {"pair": name, "system": system(key), "sentences": len(ids)}
+        row |= {metric: corpus_metric(metric).corpus_score(hyps[key], [refs]).score for metric in METRICS}
+        row |= {"s_per_sentence": seconds[key] / len(ids),
+                "tokens_per_s": sum(lane[i]["new_tokens"] for i in ids) / seconds[key],
+                "speedup_vs_llm": seconds["llm"] / seconds[key],
+                "speedup_measured": "same run" if key in ("llm", "llm2slm") else "across runs"}  # fmt: skip
+        rows[key] = row | (training(runs[key]) if key != "llm" else {})
+    for metric in METRICS:
+        for reference in ("llm", "llm_ft"):
+            base = rows[reference][metric] if reference in rows else None
+            for row in rows.values():
+                row[f"{metric}_vs_{reference}_pct"] = 100 * row[metric] / base if base else None
+        for key in (k for k in hyps if "slm" in hyps and (k == "llm2slm" or k.startswith(LAYER))):
+            test = paired_bootstrap(metric, refs, hyps[key], hyps["slm"])
+            rows[key] |= {f"{metric}_minus_slm": test["delta"], f"{metric}_minus_slm_low": test["low"],
+                          f"{metric}_minus_slm_high": test["high"],
+                          f"{metric}_p_not_better": test["p_not_better"]}  # fmt: skip
+    return list(rows.values())
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The table as markdown, with the signatures and what the columns mean."""
+    shown = table.drop(columns=[c for c in table.columns if c.endswith(("_low", "_high"))]).dropna(axis=1, how="all")
+    for metric in ("bleu", "chrf"):
+        if f"{metric}_minus_slm" in table:
+            low, high = table[f"{metric}_minus_slm_low"], table[f"{metric}_minus_slm_high"]
+            shown[f"{metric}_minus_slm"] = [
+                "" if pd.isna(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+                for v, lo, hi in zip(table[f"{metric}_minus_slm"], low, high, strict=True)
+            ]
+    lines = [
+        "# LLM-to-SLM on newstest2014 de-en (`make reproduce-llm2slm-cpu`)",
+        "",
+        shown.to_markdown(index=False, floatfmt=".3g"),
+        "",
+        f"- BLEU: `{signature('bleu')}`; chrF: `{signature('chrf')}` (first output line vs the raw reference).",
+        "- `*_minus_slm`: LLM-to-SLM minus the SLM fine-tuned alone, paired bootstrap over sentences (1000 resamples,"
+        " 95% percentile interval); `*_p_not_better`: share of resamples where LLM-to-SLM is not better.",
+        "- `speedup_vs_llm`: total wall time of the LLM's greedy decoding over the same sentences divided by the"
+        " system's; `same run`: measured interleaved with the LLM in one process; `across runs`: separate runs, same"
+        " machine and settings.",
+        "- `*_vs_llm_pct` / `*_vs_llm_ft_pct`: the score as a percentage of the LLM as is / fine-tuned.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pair", nargs="+", action="append", required=True, metavar=("NAME", "KEY=RUN"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rows = []
+    for name, *items in args.pair:
+        runs = {k: Path(v) for k, v in (item.split("=", 1) for item in items)}
+        unknown = {k for k in runs if k not in ROLES and not k.removeprefix(LAYER).isdigit()}
+        if unknown or "llm2slm" not in runs:
+            raise SystemExit(f"error: --pair needs llm2slm=RUN and takes slm=, llm_ft=, layerK= (got {sorted(runs)})")
+        samples = WMT(os.environ.get("DECODEBENCH_DATA")).load()
+        rows += pair_rows(name, runs, {s.id: s.reference for s in samples})
+    table = pd.DataFrame(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "table.csv", index=False, float_format="%.4g")
+    (args.out / "table.md").write_text(markdown(table))
+    print(markdown(table))
+
+
+if __name__ == "__main__":
+    main()
