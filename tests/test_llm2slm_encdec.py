@@ -16,8 +16,11 @@ from core.errors import BenchError
 from core.timing import Timer
 from methods.decode import StopRule
 from methods.llm2slm import LLM2SLM, STATE_FILE, llm_features, load_checkpoint
+from tests import test_llm2slm as base
 from tests.test_cli import bench
-from tests.test_llm2slm import decoder, dirs, other_tok, prompts, tok, wmt_dir  # noqa: F401 (fixtures)
+from tests.test_llm2slm import decoder, prompts
+
+tok, other_tok, dirs, wmt_dir = base.tok, base.other_tok, base.dirs, base.wmt_dir  # its fixtures, shared here
 
 
 def t5(vocab: int, eos: int, pad: int, seed: int) -> T5ForConditionalGeneration:
