@@ -26,8 +26,9 @@ REFERENCE = resources.files("bench") / "data" / "published.csv"
 DEFINITIONS: dict[str, dict[str, str]] = {
     "spec-bench": {"speedup": "speedup_of_means"},  # evaluation/speed.py: mean tokens/s over the baseline's mean
     "lookahead": {"speedup": "speedup"},  # the reference's eval scripts print both; Fig. 5 does not say which
-    "llm-to-slm": {"speedup": "speedup"},  # "up to 4x": a best case, not a mean
+    "llm-to-slm": {"speedup": "speedup_time"},  # "up to 4x": a best case; time, as the SLM's tokens are its own
 }
+PCT_OF_BASELINE = "_pct_of_baseline"  # a quality metric as a percentage of the baseline's (`bleu_pct_of_baseline`)
 COLUMNS = ["paper", "task", "category", "method", "metric", "claimed_model", "claimed_hardware", "claimed_settings",
            "measured_model", "measured_settings", "claimed", "measured", "measured_ours", "ratio", "matches",
            "status"]  # fmt: skip
@@ -116,6 +117,13 @@ def verdict(paper: str, claim: dict[str, Any], row: dict[str, Any]) -> dict[str,
 
 
 def _value(row: dict[str, Any], column: str) -> float | None:
+    """A row's value of a report column, or of a quality metric relative to the baseline (`PCT_OF_BASELINE`)."""
+    if column.endswith(PCT_OF_BASELINE):
+        metric = column.removesuffix(PCT_OF_BASELINE)
+        value, delta = _value(row, metric), _value(row, f"{metric}_delta")
+        if value is None or delta is None or value == delta:
+            return None
+        return 100 * value / (value - delta)
     value = row.get(column)
     return None if value is None or pd.isna(value) else float(value)
 

@@ -250,3 +250,13 @@ def test_a_claim_without_settings_on_a_method_that_needs_one():
     assert not setup.stated and setup.options == {}
     with pytest.raises(BenchError, match="llm2slm"):
         claim_setup("llm2slm", "max_length=3")
+
+
+def test_quality_relative_to_the_baseline_and_time_speedup_for_llm_to_slm():
+    from bench.against import _value, definition
+
+    assert definition("llm-to-slm", "speedup") == "speedup_time"  # the SLM's tokens are another tokenizer's
+    row = {"bleu": 9.8, "bleu_delta": -0.2}
+    assert _value(row, "bleu_pct_of_baseline") == pytest.approx(98.0)
+    assert _value({"bleu": 9.8}, "bleu_pct_of_baseline") is None  # no baseline measured
+    assert _value({"bleu": 0.0, "bleu_delta": 0.0}, "bleu_pct_of_baseline") is None  # a zero baseline
