@@ -27,7 +27,8 @@ from bench.features import FeatureCache, features_folder
 from core import models
 from core.errors import BenchError
 from core.models import LoadedModel
-from methods.llm2slm import BRIDGES, LLM2SLM, MODES, TUNINGS, answer_loss, check_artifact, check_choice, tune
+from methods.llm2slm import BRIDGES, LLM2SLM, MODES, TUNINGS, check_artifact, check_choice, tune
+from methods.llm2slm_io import answer_loss
 from tasks import cnndm
 from tasks.base import TASKS, Sample, Task
 from tasks.sources import SOURCES, load_rows

@@ -15,7 +15,8 @@ from core import models as bench_models
 from core.errors import BenchError
 from core.timing import Timer
 from methods.decode import StopRule
-from methods.llm2slm import LLM2SLM, STATE_FILE, llm_features, load_checkpoint
+from methods.llm2slm import LLM2SLM, STATE_FILE, load_checkpoint
+from methods.llm2slm_io import llm_features
 from tests import test_llm2slm as base
 from tests.test_cli import bench
 from tests.test_llm2slm import decoder, prompts
