@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.runner import RunConfig
-from bench.store import MANIFEST, SAMPLES, SUMMARY, RunStore, read_samples
+from bench.store import MANIFEST, SAMPLES, RunStore, read_samples
 from core.errors import BenchError
-from core.files import write_json
 
 INSTALL_HINT = "--executor ray needs Ray: pip install 'decodebench[ray]' (or pip install ray)"
 
@@ -82,11 +81,11 @@ def store_result(folder: Path, result: dict[str, Any], baseline_run: str | None)
         config["baseline_run"] = baseline_run
     else:
         config.pop("baseline_run", None)
-    store = RunStore.open(folder, config, result["manifest"]["environment"])
-    new = [r for r in result["records"] if not store.has(r["role"], r["prompt_id"])]
-    for record in new:
-        store.append(record)
-    write_json(folder / SUMMARY, result["summaries"])
+    with RunStore.open(folder, config, result["manifest"]["environment"]) as store:
+        new = [r for r in result["records"] if not store.has(r["role"], r["prompt_id"])]
+        for record in new:
+            store.append(record)
+        store.write_summary(result["summaries"])
     return len(new)
 
 

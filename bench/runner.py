@@ -4,6 +4,7 @@ the AR baseline on the same samples, interleaved per sample, every finished gene
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,10 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import environment
 from bench.records import aggregate, exactness, generation_record
-from bench.store import SUMMARY, RunStore
+from bench.store import DirLock, RunStore
 from core import models
 from core.errors import BenchError
-from core.files import write_json
 from core.presets import DEFAULT_MODEL, PRESETS
 from core.timing import Timer
 from methods.base import METHODS, Decoded, Method
@@ -145,6 +145,11 @@ class Plan:
     def turns(self, sample: Sample) -> list[str]:
         return self.task.turns(sample)[: self.config.turns]
 
+    def close(self) -> None:
+        """Release the run directories' locks (each store once)."""
+        for store in {id(lane.store): lane.store for lane in self.lanes}.values():
+            store.close()
+
     def turn_ids(self, sample: Sample | None = None) -> set[str]:
         """Record ids of every turn and repeat of `sample` (of every sample when None)."""
         samples = self.samples if sample is None else [sample]
@@ -166,13 +171,25 @@ def turn_id(sample_id: str, turn: int, repeat: int = 1) -> str:
 
 def plan(config: RunConfig, baseline_dir: Path | None = None) -> Plan:
     """Resolve `config`, load its task and models and open its run directory (and, with `baseline_dir`, the
-    shared `ar` run of a sweep that holds the baseline records)."""
+    shared `ar` run of a sweep that holds the baseline records). The directories are locked for this process
+    before the models load (another process using one is refused at once) and stay locked until `Plan.close()`."""
     config = config.resolve()
-    method_cls, task_cls = METHODS.get(config.method), TASKS.get(config.task)
+    task_cls = TASKS.get(config.task)
     task = task_cls(config.data_dir, task_cls.Options.resolve(config.task_options, config.task))
     samples, task_data = task.load_traced(config.limit)
     if not samples:
         raise BenchError(f"task {config.task} has no samples")
+    shared = baseline_dir if config.method != BASELINE and config.baseline else None
+    with contextlib.ExitStack() as locked:  # until the stores hold the locks themselves
+        for folder in [config.out_dir()] + ([shared] if shared is not None else []):
+            locked.enter_context(DirLock.acquire(folder))
+        return _open_plan(config, task, samples, task_data, shared)
+
+
+def _open_plan(
+    config: RunConfig, task: Task, samples: list[Sample], task_data: dict[str, Any], baseline_dir: Path | None
+) -> Plan:
+    method_cls = METHODS.get(config.method)
     if config.threads:
         import torch
 
@@ -186,17 +203,21 @@ def plan(config: RunConfig, baseline_dir: Path | None = None) -> Plan:
     if config.device_map:
         placement = getattr(target.model, "hf_device_map", None) or {"": target.device}  # one device: no map
         extra["placement"] = {k: str(v) for k, v in placement.items()}
-    if config.method == BASELINE:  # the baseline alone (a sweep's shared `ar` run, or `bench run --method ar`)
-        store = RunStore.open(config.out_dir(), config.identity() | extra, env)
-        return Plan(config, task, samples, target, [Lane("baseline", method, store)])
-    shared = None
-    if config.baseline and baseline_dir is not None:
-        shared = RunStore.open(baseline_dir, config.baseline_config().identity() | extra, env)
-        extra["baseline_run"] = str(Path(os.path.relpath(baseline_dir, config.out_dir())))
-    store = RunStore.open(config.out_dir(), config.identity() | extra, env)
-    lanes = [Lane("method", method, store)]
-    if config.baseline:
-        lanes.insert(0, Lane("baseline", METHODS.get(BASELINE)(target, config.sampler()), shared or store))
+    with contextlib.ExitStack() as opened:  # closed again if a later one fails
+        if config.method == BASELINE:  # the baseline alone (a sweep's shared `ar` run, or `bench run --method ar`)
+            store = opened.enter_context(RunStore.open(config.out_dir(), config.identity() | extra, env))
+            lanes = [Lane("baseline", method, store)]
+        else:
+            shared = None
+            if baseline_dir is not None:
+                shared_config = config.baseline_config().identity() | extra
+                shared = opened.enter_context(RunStore.open(baseline_dir, shared_config, env))
+                extra["baseline_run"] = str(Path(os.path.relpath(baseline_dir, config.out_dir())))
+            store = opened.enter_context(RunStore.open(config.out_dir(), config.identity() | extra, env))
+            lanes = [Lane("method", method, store)]
+            if config.baseline:
+                lanes.insert(0, Lane("baseline", METHODS.get(BASELINE)(target, config.sampler()), shared or store))
+        opened.pop_all()
     return Plan(config, task, samples, target, lanes)
 
 
@@ -206,8 +227,11 @@ def run(config: RunConfig, progress: bool = True, baseline_dir: Path | None = No
     The AR baseline runs interleaved with the method, sample by sample. Its records go to this run's store, or,
     with `baseline_dir`, to that shared `ar` run, where samples already measured are reused instead of decoded."""
     p = plan(config, baseline_dir)
-    measure(p, progress)
-    return RunResult(p.store.root, finish(p))
+    try:
+        measure(p, progress)
+        return RunResult(p.store.root, finish(p))
+    finally:
+        p.close()
 
 
 def _decode(p: Plan, method: Method, prompt_ids: list[int], max_new: int) -> Decoded:
@@ -276,9 +300,9 @@ def finish(p: Plan) -> list[dict[str, Any]]:
         row = {"role": lane.role, "method": lane.method.name} | aggregate(records[lane.role], paired)
         summaries.append(row | quality(p.task, p.samples, records[lane.role]))
     add_roofline(summaries, baseline or records.get("method", []), p.target)
-    write_json(p.store.root / SUMMARY, summaries)
+    p.store.write_summary(summaries)
     if baseline is not None and p.lanes[0].store is not p.store:  # the shared `ar` run, as if run alone
-        write_json(p.lanes[0].store.root / SUMMARY, summaries[:1])
+        p.lanes[0].store.write_summary(summaries[:1])
     return summaries
 
 

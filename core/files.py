@@ -3,6 +3,7 @@ it, and the one atomic write (a complete file or the old one, never a torn one).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -21,13 +22,18 @@ DECODE_ERRORS = (gzip.BadGzipFile, zlib.error, EOFError, UnicodeDecodeError)
 
 def atomic_write(path: Path, content: str | Callable[[Path], None]) -> None:
     """Write `path` through a temporary file and a rename: `content` is the text, or a function that writes a
-    given path (torch.save, safetensors' save_file ...)."""
+    given path (torch.save, safetensors' save_file ...). On failure the temporary file is removed."""
     tmp = path.with_name(path.name + ".tmp")
-    if callable(content):
-        content(tmp)
-    else:
-        tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        if callable(content):
+            content(tmp)
+        else:
+            tmp.write_text(content, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk leaves no half-written temporary file behind
+            tmp.unlink()
+        raise
 
 
 def portable(path: Path | str) -> str:

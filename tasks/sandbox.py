@@ -11,6 +11,9 @@ Layers, each verified by `bench task check humaneval` and tests/test_sandbox.py:
   namespace in which every mount is read-only except a small tmpfs work dir (world-writable /tmp, /var/tmp and
   /dev/shm included); where not, a guard in the program that disables `socket.socket` (defense in depth only:
   the program can undo it).
+Verdict integrity (what scores HumanEval) is `tasks.checker.run_check`, built on these processes: the code under
+test and its tests run in two of them, each under its own uid. `run_program`'s verdict is one the program can
+forge. docs/sandbox.md has the threat model.
 `isolation_report()` says which layers are active. Linux only.
 """
 
@@ -89,7 +92,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024, max_procs: int = 64) -> ExecResult:
     """Run `source` sandboxed; it passes when it exits 0 after running to its last line (early exits fail).
 
-    Never raises for anything the program does; raises BenchError only when no process can be started.
+    Contained like any run, but the verdict is only as honest as the program: "ran to its last line" is a line the
+    harness appends to the program itself, which hostile code can read and print. Score untrusted code with
+    `tasks.checker.run_check`. Never raises for anything the program does; raises BenchError only when no process can
+    be started.
     """
     return _run(source, _isolation(), timeout_s, memory_mb, max_procs)
 
@@ -99,7 +105,7 @@ def isolation_report() -> dict[str, str]:
     iso = _isolation()
     return {
         "python": iso.python,
-        "user": "a fresh unprivileged uid per run"
+        "user": "a fresh unprivileged uid per process"
         if iso.drop_privileges
         else "the caller's own user (not root): the program could signal the harness",
         "network": "empty network namespace"
@@ -108,6 +114,10 @@ def isolation_report() -> dict[str, str]:
         "filesystem": f"read-only except a {WORK_MB} MB tmpfs work dir"
         if iso.readonly_fs
         else "ordinary permissions (world-writable dirs such as /tmp stay writable)",
+        "verdict": "a separate checker process under its own uid runs the tests and calls the candidate over a "
+        "socket; nothing in the candidate's process can produce a pass"
+        if iso.drop_privileges
+        else "a separate checker process, but under the candidate's own user: the candidate could tamper with it",
     }
 
 
@@ -125,6 +135,11 @@ def sandbox_processes() -> list[int]:
         if UID_BASE <= uid < UID_BASE + UID_SPAN and not status["State"].strip().startswith("Z"):
             pids.append(int(entry.name))
     return pids
+
+
+def current_isolation() -> Isolation:
+    """The isolation runs use on this machine (probed once)."""
+    return _isolation()
 
 
 @functools.cache
@@ -150,8 +165,37 @@ def _works(iso: Isolation) -> bool:
 def _run(source: str, iso: Isolation, timeout_s: float, memory_mb: int, max_procs: int) -> ExecResult:
     sentinel = f"sandbox-finished-{secrets.token_hex(16)}"
     program = ("" if iso.netns else SOCKET_GUARD) + source + f"\nprint({sentinel!r}, flush=True)\n"
-    uid = UID_BASE + secrets.randbelow(UID_SPAN) if iso.drop_privileges else os.getuid()
-    limits = [
+    (uid,) = fresh_uids(iso, 1)
+    with tempfile.TemporaryDirectory(prefix="decodebench-sandbox-") as tmp:
+        root = Path(tmp)
+        root.chmod(0o711)  # the uid may reach main.py and its work dir, not list or write root
+        (root / "main.py").write_text(program, encoding="utf-8")
+        limits = rlimits(timeout_s, memory_mb, max_procs)
+        proc = start([iso.python, "-I", "-B", str(root / "main.py")], iso, uid, limits, root / "main")
+        finished, (returncode,) = wait_and_kill([(proc, uid)], iso, timeout_s)
+        stdout, stderr = tail(root / "main.out"), tail(root / "main.err")
+    if not finished:
+        return ExecResult(False, "timeout", f"still running after {timeout_s:g} s")
+    if returncode < 0:
+        return ExecResult(False, "killed", f"signal {-returncode} ({signal.strsignal(-returncode)})")
+    if returncode == 0 and sentinel in stdout.splitlines():
+        return ExecResult(True, "passed", "")
+    return ExecResult(False, "failed", failure_detail(returncode, stderr))
+
+
+def fresh_uids(iso: Isolation, count: int) -> list[int]:
+    """`count` distinct fresh uids (root), else the caller's own uid `count` times."""
+    if not iso.drop_privileges:
+        return [os.getuid()] * count
+    uids: list[int] = []
+    while len(uids) < count:
+        uid = UID_BASE + secrets.randbelow(UID_SPAN)
+        uids += [] if uid in uids else [uid]
+    return uids
+
+
+def rlimits(timeout_s: float, memory_mb: int, max_procs: int) -> list[tuple[int, int]]:
+    return [
         (resource.RLIMIT_AS, memory_mb << 20),
         (resource.RLIMIT_CPU, math.ceil(timeout_s) + 1),
         (resource.RLIMIT_NPROC, max_procs),
@@ -159,45 +203,67 @@ def _run(source: str, iso: Isolation, timeout_s: float, memory_mb: int, max_proc
         (resource.RLIMIT_CORE, 0),
         (resource.RLIMIT_NOFILE, NOFILE),
     ]
-    with tempfile.TemporaryDirectory(prefix="decodebench-sandbox-") as tmp:
-        root = Path(tmp)
-        root.chmod(0o711)  # the uid may reach main.py and work/, not list or write root
-        (root / "main.py").write_text(program, encoding="utf-8")
-        work = root / "work"
-        work.mkdir(mode=0o700)
-        if iso.drop_privileges:
-            os.chown(work, uid, uid)
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
-        setup = _child_setup(iso, str(work), uid, limits)
-        with open(root / "stdout", "wb") as out, open(root / "stderr", "wb") as err:
-            try:
-                proc = subprocess.Popen(
-                    [iso.python, "-I", "-B", str(root / "main.py")],
-                    cwd=work,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                    preexec_fn=setup,
-                )
-            except (OSError, subprocess.SubprocessError) as exc:
-                raise BenchError(f"the sandbox could not start a process: {exc}") from exc
-            try:
-                finished = _wait_unreaped(proc.pid, timeout_s)
-            finally:
-                _kill_all(proc.pid, uid if iso.drop_privileges else None)
-                returncode = proc.wait()
-        stdout, stderr = _tail(root / "stdout"), _tail(root / "stderr")
-    if not finished:
-        return ExecResult(False, "timeout", f"still running after {timeout_s:g} s")
-    if returncode < 0:
-        return ExecResult(False, "killed", f"signal {-returncode} ({signal.strsignal(-returncode)})")
-    if returncode == 0 and sentinel in stdout.splitlines():
-        return ExecResult(True, "passed", "")
-    last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "")
+
+
+def start(
+    argv: list[str],
+    iso: Isolation,
+    uid: int,
+    limits: list[tuple[int, int]],
+    stem: Path,
+    pass_fds: tuple[int, ...] = (),
+    stdin_pipe: bool = False,
+) -> subprocess.Popen:
+    """Start one sandboxed process in its own session, as `uid`, in a fresh work dir `STEM-work`; its stdout and
+    stderr go to `STEM.out` and `STEM.err` (readable by the harness only)."""
+    work = stem.with_name(stem.name + "-work")
+    work.mkdir(mode=0o700)
+    if iso.drop_privileges:
+        os.chown(work, uid, uid)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
+    setup = _child_setup(iso, str(work), uid, limits)
+    with _private(stem.with_suffix(".out")) as out, _private(stem.with_suffix(".err")) as err:
+        try:
+            return subprocess.Popen(
+                argv,
+                cwd=work,
+                env=env,
+                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=setup,
+                pass_fds=pass_fds,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BenchError(f"the sandbox could not start a process: {exc}") from exc
+
+
+def _private(path: Path):
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
+def wait_and_kill(
+    procs: list[tuple[subprocess.Popen, int]], iso: Isolation, timeout_s: float
+) -> tuple[bool, list[int]]:
+    """Whether the first process ended within the limit; then every process (and all of their uids' processes)
+    is killed and reaped. Returns that and their exit codes."""
+    try:
+        finished = _wait_unreaped(procs[0][0].pid, timeout_s)
+    finally:
+        for proc, uid in procs:
+            _kill_all(proc.pid, uid if iso.drop_privileges else None)
+    return finished, [proc.wait() for proc, _ in procs]
+
+
+def failure_detail(returncode: int, stderr: str) -> str:
+    last = last_line(stderr)
     early = " before its last line" if returncode == 0 else ""
-    return ExecResult(False, "failed", f"exit {returncode}{early}" + (f": {last[:200]}" if last else ""))
+    return f"exit {returncode}{early}" + (f": {last[:200]}" if last else "")
+
+
+def last_line(text: str) -> str:
+    return next((line for line in reversed(text.splitlines()) if line.strip()), "")
 
 
 def _child_setup(iso: Isolation, work: str, uid: int, limits: list[tuple[int, int]]) -> Callable[[], None]:
@@ -274,7 +340,7 @@ def _kill_all(pid: int, uid: int | None) -> None:
     os.waitpid(child, 0)
 
 
-def _tail(path: Path) -> str:
+def tail(path: Path) -> str:
     with path.open("rb") as f:
         f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
         return f.read().decode("utf-8", errors="replace")

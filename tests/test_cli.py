@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import resource
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from bench.cli import main
+from bench.store import LOCK, SAMPLES
+from tests.test_store import read_only_folder
 
 
 def bench(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -167,3 +173,77 @@ def test_run_end_to_end_as_a_process(tmp_path, tiny_dir, data_dir):
 def test_missing_required_option_is_a_usage_error(monkeypatch, capsys):
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "ar")
     assert code == 2 and "Missing option '--task'" in err and "Traceback" not in err
+
+
+def tiny_run(tiny_dir, data_dir, out, limit: int = 4) -> list[str]:
+    """`bench run` of `ar` on the tiny model: `limit` generations (first turns only)."""
+    return ["run", "-m", "ar", "-t", "mtbench", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--turns", "1",
+            "--limit", str(limit), "--max-new-tokens", "6", "--warmup", "0", "--out", str(out)]  # fmt: skip
+
+
+def error_line(stderr: str) -> str:
+    """The one `error:` line a failed command printed last (library warnings may come before it), no traceback."""
+    lines = stderr.splitlines()
+    assert "Traceback" not in stderr and [x for x in lines if x.startswith("error:")] == lines[-1:], stderr
+    return lines[-1]
+
+
+def stored_keys(out: Path) -> list[tuple[str, str]]:
+    return [(r["role"], r["prompt_id"]) for r in map(json.loads, (out / SAMPLES).read_text().splitlines())]
+
+
+def test_a_second_run_on_the_same_directory_is_refused(monkeypatch, capsys, tmp_path, tiny_dir, data_dir):
+    """A sweep launched twice: the second `bench run` refuses at once, naming the first one's pid; once the first
+    is killed, its stale lock is taken over and the run finishes with each generation stored once."""
+    out, cli = tmp_path / "r", [sys.executable, "-m", "bench.cli"]
+    first = subprocess.Popen([*cli, *tiny_run(tiny_dir, data_dir, out)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((out / LOCK).exists() and (out / LOCK).read_text() == f"{first.pid}\n"):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)  # it holds the lock and stays mid-run
+        second = subprocess.run([*cli, *tiny_run(tiny_dir, data_dir, out)], capture_output=True, text=True)
+        refusal = f"error: {out} is in use by another bench process (pid {first.pid})"
+        assert second.returncode == 2 and error_line(second.stderr).startswith(refusal)
+    finally:
+        first.kill()
+        first.communicate()
+    assert (out / LOCK).read_text() == f"{first.pid}\n"  # what a killed run leaves behind
+    code, _, err = bench(monkeypatch, capsys, *tiny_run(tiny_dir, data_dir, out))
+    assert code == 0, err
+    keys = stored_keys(out)
+    assert len(keys) == len(set(keys)) == 4 and not (out / LOCK).exists()
+
+
+def test_out_below_a_file(monkeypatch, capsys, tmp_path, tiny_dir, data_dir):
+    (tmp_path / "file").write_text("in the way\n")
+    code, _, err = bench(monkeypatch, capsys, *tiny_run(tiny_dir, data_dir, tmp_path / "file" / "run"))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: cannot create or lock the run directory") and "file is a file, not a folder" in err
+
+
+def test_out_in_a_read_only_folder(monkeypatch, capsys, tmp_path, tiny_dir, data_dir):
+    code, _, err = bench(monkeypatch, capsys, *tiny_run(tiny_dir, data_dir, read_only_folder(tmp_path) / "run"))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: cannot create or lock the run directory")
+
+
+def test_a_full_disk_mid_run_keeps_the_finished_records(monkeypatch, capsys, tmp_path, tiny_dir, data_dir):
+    """The samples file may not grow past its size plus 64 bytes (RLIMIT_FSIZE) while the run resumes: one error
+    line, exit 2, the finished records byte for byte; with room again the same command finishes the run."""
+    out = tmp_path / "r"
+    assert bench(monkeypatch, capsys, *tiny_run(tiny_dir, data_dir, out, limit=2))[0] == 0
+    before = (out / SAMPLES).read_bytes()
+    limit = len(before) + 64
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = [sys.executable, "-m", "bench.cli", *tiny_run(tiny_dir, data_dir, out)]
+    full = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=small_files)
+    assert full.returncode == 2
+    assert error_line(full.stderr).startswith(f"error: cannot write {out / SAMPLES}: File too large; the 2 records")
+    assert (out / SAMPLES).read_bytes() == before
+    assert bench(monkeypatch, capsys, *tiny_run(tiny_dir, data_dir, out))[0] == 0
+    assert (out / SAMPLES).read_bytes().startswith(before) and len(set(stored_keys(out))) == 4
