@@ -256,6 +256,11 @@ def train_llm2slm(
     llm_layer: int = typer.Option(
         -1, help="The LLM layer whose features the SLM reads: -1 the last (after the final norm), K block K's output."
     ),
+    feature_norm: bool = typer.Option(
+        False,
+        help="A LayerNorm on the LLM's features before the projector (decoder-only LLMs' hidden states carry a "
+        "few huge dimensions, and their inner layers' scale varies by token); recorded in the checkpoint.",
+    ),
     cache_features: bool = typer.Option(
         False, help="Keep the LLM's features on disk, keyed by its artifact and layer, for later runs to reuse."
     ),

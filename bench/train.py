@@ -61,6 +61,7 @@ class TrainConfig:
     mode: str = "add"
     bridge: str = "aligned"
     llm_layer: int = -1  # the LLM's last hidden state (after the final norm); K: the output of block K
+    feature_norm: bool = False  # a LayerNorm on the LLM's features before the projector (a named improvement)
     cache_features: bool = False  # keep the LLM's features on disk (bench.features), shared by runs
     max_prompt_tokens: int = 1024  # longer prompts are skipped (not truncated: that would cut the template)
     max_answer_tokens: int = 128  # longer answers are truncated (losing their EOS)
@@ -94,7 +95,7 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with its checkpoint."""
         free = {"steps", "eval_every", "save_every", "threads", "data_dir", "out", "cache_features"}
-        free |= {"bridge", "llm_layer"} if self.kind == "slm" else set()  # no LLM to bridge
+        free |= {"bridge", "llm_layer", "feature_norm"} if self.kind == "slm" else set()  # no LLM to bridge
         return {k: v for k, v in asdict(self).items() if k not in free}
 
 
@@ -277,8 +278,8 @@ def prepare(config: TrainConfig, out: Path, record: dict[str, Any] | None) -> Ru
     held_out, samples = samples[len(samples) - config.eval_samples :], samples[: len(samples) - config.eval_samples]
     llm, slm = load_models(config, record)
     torch.manual_seed(config.seed)
-    tuning, layer = config.slm_tuning, config.llm_layer
-    model = LLM2SLM(llm, slm, config.mode, tuning, config.bridge, layer) if llm else tune(slm.model, tuning)
+    tuning, layer, norm = config.slm_tuning, config.llm_layer, config.feature_norm
+    model = LLM2SLM(llm, slm, config.mode, tuning, config.bridge, layer, norm) if llm else tune(slm.model, tuning)
     prompt_tokenizer, eos = llm.tokenizer if llm else slm.tokenizer, slm.tokenizer.eos_token_id
     train_ex, skipped = build_examples(task, samples, prompt_tokenizer, slm.tokenizer, eos, config)
     eval_ex, eval_skipped = build_examples(task, held_out, prompt_tokenizer, slm.tokenizer, eos, config)

@@ -83,19 +83,25 @@ def same_vocab(a: Any, b: Any) -> bool:
 
 
 class Bridge(nn.Module):
-    """The trained link from the LLM to the SLM: the projector (Linear, GELU, Linear) of the LLM's features and,
-    for different vocabularies bridged by `adapter`, the adapter (Linear) of the LLM's input token embeddings.
+    """The trained link from the LLM to the SLM: the projector (Linear, GELU, Linear) of the LLM's features, with
+    `feature_norm` a LayerNorm before it, and, for different vocabularies bridged by `adapter`, the adapter (Linear)
+    of the LLM's input token embeddings.
 
     In `add` mode the projector's last layer starts at zero, so training starts from the SLM's own behaviour
     instead of adding features of an unrelated scale to its embeddings."""
 
-    def __init__(self, d_llm: int, d_slm: int, mode: str, d_adapter: int | None) -> None:
+    def __init__(self, d_llm: int, d_slm: int, mode: str, d_adapter: int | None, feature_norm: bool = False) -> None:
         super().__init__()
+        self.norm = nn.LayerNorm(d_llm) if feature_norm else None
         self.projector = nn.Sequential(nn.Linear(d_llm, d_slm), nn.GELU(), nn.Linear(d_slm, d_slm))
         if mode == "add":
             nn.init.zeros_(self.projector[2].weight)
             nn.init.zeros_(self.projector[2].bias)
         self.adapter = nn.Linear(d_adapter, d_slm) if d_adapter else None
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """The LLM's features (length, d_llm) in the SLM's width, through the feature norm when there is one."""
+        return self.projector(features if self.norm is None else self.norm(features))
 
 
 @torch.no_grad()
@@ -127,6 +133,7 @@ class LLM2SLM(nn.Module):
         tuning: str = "full",
         bridge: str = "aligned",
         llm_layer: int = -1,
+        feature_norm: bool = False,
     ) -> None:
         super().__init__()
         check_choice("--mode", mode, MODES)
@@ -143,7 +150,7 @@ class LLM2SLM(nn.Module):
         d_slm = slm.model.get_input_embeddings().embedding_dim
         plain = self.same_vocab or self.aligned or mode == "replace"
         d_adapter = None if plain else llm.model.get_input_embeddings().embedding_dim
-        self.bridge = Bridge(llm.model.config.hidden_size, d_slm, mode, d_adapter)
+        self.bridge = Bridge(llm.model.config.hidden_size, d_slm, mode, d_adapter, feature_norm)
         if self.bridge.adapter is not None:
             fit_adapter(self.bridge.adapter, llm, slm)
         self.bridge.to(slm.device, next(slm.model.parameters()).dtype)
@@ -166,7 +173,7 @@ class LLM2SLM(nn.Module):
         """The SLM's input for a prompt (length, d_slm): projected LLM features, added to the prompt's token
         embeddings (the SLM's own, or the LLM's through the adapter) or replacing them; `aligned`: in the SLM's
         own tokens of the prompt (`methods.llm2slm_align`)."""
-        projected = self.bridge.projector(features)
+        projected = self.bridge.project(features)
         if self.aligned:
             own_ids, weights = align_prompt(self.llm.tokenizer, self.slm_tokenizer, prompt_ids)
             return aligned_embeds(self.slm.get_input_embeddings(), own_ids, weights, projected, self.mode)
@@ -254,6 +261,7 @@ def read_record(path: str | Path, kind: str | None = "llm2slm") -> dict[str, Any
     # llm2slm checkpoints from before `bridge` was recorded are adapter ones; the slm baseline records none
     bridge = config.setdefault("bridge", LEGACY_BRIDGE) if record["kind"] == "llm2slm" else LEGACY_BRIDGE
     config.setdefault("llm_layer", -1)  # checkpoints from before --llm-layer read the last layer
+    config.setdefault("feature_norm", False)  # and had no feature norm
     if config.get("mode") not in MODES or config.get("slm_tuning") not in TUNINGS or bridge not in BRIDGES:
         raise BenchError(f"{file} is malformed: its config lacks a valid mode, slm_tuning and bridge")
     return record
@@ -293,7 +301,8 @@ def load_checkpoint(path: str | Path, llm: LoadedModel) -> LLM2SLM:
     slm = models.load(artifact_spec(record["slm_artifact"]), llm.artifact.get("dtype", "float32"), str(llm.device))
     check_artifact(record["slm_artifact"], slm.artifact, "SLM")
     config = record["config"]
-    model = LLM2SLM(llm, slm, config["mode"], config["slm_tuning"], config["bridge"], config["llm_layer"])
+    model = LLM2SLM(llm, slm, config["mode"], config["slm_tuning"], config["bridge"], config["llm_layer"],
+                    config["feature_norm"])  # fmt: skip
     try:
         state = load_file(weights, device=str(llm.device))
     except Exception as exc:  # safetensors raises its own error types for torn or foreign files

@@ -143,3 +143,19 @@ def test_wmt_training_years():
                            ("newstest2013", "unknown wmt split"), ("newstest2015-", "unknown wmt split")):  # fmt: skip
         with pytest.raises(BenchError, match=message):
             wmt_years(split)
+
+
+def test_feature_norm_makes_the_projection_scale_free_and_is_recorded(dirs, wmt_dir, tmp_path, tok):
+    llm, slm = bench_models.load(dirs["llm"]), bench_models.load(dirs["slm"])
+    model = LLM2SLM(llm, slm, feature_norm=True)
+    torch.nn.init.normal_(model.bridge.projector[2].weight, std=0.5)
+    features = model.encode(prompts(tok)[:1])[0]
+    torch.testing.assert_close(model.bridge.project(100 * features), model.bridge.project(features), atol=1e-4, rtol=0)
+    plain = LLM2SLM(llm, slm)
+    torch.nn.init.normal_(plain.bridge.projector[2].weight, std=0.5)
+    assert not torch.allclose(plain.bridge.project(100 * features), plain.bridge.project(features))
+    cfg = small(tmp_path / "ck", llm=dirs["llm"], slm=dirs["slm"], data_dir=wmt_dir, feature_norm=True)
+    trained = train(cfg, progress=False).model
+    assert json.loads((tmp_path / "ck" / STATE_FILE).read_text())["config"]["feature_norm"] is True
+    restored = load_checkpoint(tmp_path / "ck", llm)
+    torch.testing.assert_close(restored.bridge.project(features), trained.bridge.project(features))
