@@ -7,7 +7,7 @@ greedy decoding, and the paired-bootstrap interval of LLM-to-SLM's BLEU and chrF
 
 `llm2slm=RUN`: a `bench run --method llm2slm` directory with its `ar` baseline (the LLM as is, same run,
 interleaved); `slm=RUN` and `llm_ft=RUN`: `bench run --method ar` directories of `bench train slm` checkpoints;
-`layerK=RUN`: LLM-to-SLM trained on LLM layer K (`--llm-layer K`), run with `--no-baseline`.
+`llm2slm-NAME=RUN`: another LLM-to-SLM checkpoint (e.g. `--llm-layer`, `--feature-norm`), run with `--no-baseline`.
 Speedup is the ratio of total wall time over the same sentences (the models' tokenizers differ, so tokens/s are
 not comparable across rows); the LLM-to-SLM row's is measured in the same run as the LLM's, the others' across runs
 on the same machine (marked). Training time comes from each checkpoint's record when its folder is present.
@@ -32,15 +32,15 @@ METRICS = ("bleu", "chrf")
 ROLES = {"llm2slm": "method", "slm": None, "llm_ft": None}  # None: an `ar` run's one lane
 SYSTEMS = {"llm": "LLM (as is)", "llm_ft": "LLM fine-tuned (LoRA)", "slm": "SLM fine-tuned alone",
            "llm2slm": "LLM-to-SLM"}  # fmt: skip
-LAYER = "layer"  # layerK=RUN: LLM-to-SLM reading LLM layer K (a run without baseline)
+VARIANT = "llm2slm-"  # llm2slm-NAME=RUN: another LLM-to-SLM checkpoint (a run without baseline)
 
 
 def role(key: str) -> str | None:
-    return "method" if key.startswith(LAYER) else ROLES[key]
+    return "method" if key.startswith(VARIANT) else ROLES[key]
 
 
-def system(key: str) -> str:
-    return f"LLM-to-SLM, LLM layer {key.removeprefix(LAYER)}" if key.startswith(LAYER) else SYSTEMS[key]
+def is_llm2slm(key: str) -> bool:
+    return key == "llm2slm" or key.startswith(VARIANT)
 
 
 def records(run: Path, role: str | None) -> dict[str, dict[str, Any]]:
@@ -57,9 +57,12 @@ def training(run: Path) -> dict[str, Any]:
     if not state.is_file():
         return {"checkpoint": folder}
     record = json.loads(state.read_text())
-    layer = record["config"].get("llm_layer") if record["kind"] == "llm2slm" else None
-    return {"checkpoint": folder, "train_steps": record["step"], "train_min": record["wall_s"] / 60,
-            "train_examples": record["examples"]["train"], "llm_layer": layer}  # fmt: skip
+    out = {"checkpoint": folder, "train_steps": record["step"], "train_min": record["wall_s"] / 60,
+           "train_examples": record["examples"]["train"]}  # fmt: skip
+    if record["kind"] == "llm2slm":
+        config = record["config"]
+        out |= {"llm_layer": config.get("llm_layer", -1), "feature_norm": config.get("feature_norm", False)}
+    return out
 
 
 def pair_rows(name: str, runs: dict[str, Path], references: dict[str, str]) -> list[dict[str, Any]]:
@@ -72,7 +75,7 @@ def pair_rows(name: str, runs: dict[str, Path], references: dict[str, str]) -> l
     seconds = {key: sum(lane[i]["total_s"] for i in ids) for key, lane in lanes.items()}
     rows: dict[str, dict[str, Any]] = {}
     for key, lane in lanes.items():
-        row = {"pair": name, "system": system(key), "sentences": len(ids)}
+        row = {"pair": name, "system": SYSTEMS["llm2slm" if is_llm2slm(key) else key], "sentences": len(ids)}
         row |= {metric: corpus_metric(metric).corpus_score(hyps[key], [refs]).score for metric in METRICS}
         row |= {"s_per_sentence": seconds[key] / len(ids),
                 "tokens_per_s": sum(lane[i]["new_tokens"] for i in ids) / seconds[key],
@@ -84,7 +87,7 @@ def pair_rows(name: str, runs: dict[str, Path], references: dict[str, str]) -> l
             base = rows[reference][metric] if reference in rows else None
             for row in rows.values():
                 row[f"{metric}_vs_{reference}_pct"] = 100 * row[metric] / base if base else None
-        for key in (k for k in hyps if "slm" in hyps and (k == "llm2slm" or k.startswith(LAYER))):
+        for key in (k for k in hyps if "slm" in hyps and is_llm2slm(k)):
             test = paired_bootstrap(metric, refs, hyps[key], hyps["slm"])
             rows[key] |= {f"{metric}_minus_slm": test["delta"], f"{metric}_minus_slm_low": test["low"],
                           f"{metric}_minus_slm_high": test["high"],
@@ -126,9 +129,10 @@ def main() -> None:
     rows = []
     for name, *items in args.pair:
         runs = {k: Path(v) for k, v in (item.split("=", 1) for item in items)}
-        unknown = {k for k in runs if k not in ROLES and not k.removeprefix(LAYER).isdigit()}
+        unknown = {k for k in runs if k not in ROLES and not k.startswith(VARIANT)}
         if unknown or "llm2slm" not in runs:
-            raise SystemExit(f"error: --pair needs llm2slm=RUN and takes slm=, llm_ft=, layerK= (got {sorted(runs)})")
+            keys = "needs llm2slm=RUN and takes slm=, llm_ft=, llm2slm-NAME="
+            raise SystemExit(f"error: --pair {keys} (got {sorted(runs)})")
         samples = WMT(os.environ.get("DECODEBENCH_DATA")).load()
         rows += pair_rows(name, runs, {s.id: s.reference for s in samples})
     table = pd.DataFrame(rows)
