@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,9 @@ def training(run: Path) -> dict[str, Any]:
     if not state.is_file():
         return {"checkpoint": folder}
     record = json.loads(state.read_text())
-    out = {"checkpoint": folder, "train_steps": record["step"], "train_min": record["wall_s"] / 60,
-           "train_examples": record["examples"]["train"]}  # fmt: skip
+    seen = record["step"] * record["config"]["batch_size"]
+    out = {"checkpoint": folder, "train_steps": record["step"], "train_examples_seen": seen,
+           "train_min": record["wall_s"] / 60}  # fmt: skip
     if record["kind"] == "llm2slm":
         config = record["config"]
         out |= {"llm_layer": config.get("llm_layer", -1), "feature_norm": config.get("feature_norm", False)}
@@ -108,7 +110,7 @@ def markdown(table: pd.DataFrame) -> str:
     lines = [
         "# LLM-to-SLM on newstest2014 de-en (`make reproduce-llm2slm-cpu`)",
         "",
-        shown.to_markdown(index=False, floatfmt=".3g"),
+        shown.map(cell).to_markdown(index=False),
         "",
         f"- BLEU: `{signature('bleu')}`; chrF: `{signature('chrf')}` (first output line vs the raw reference).",
         "- `*_minus_slm`: LLM-to-SLM minus the SLM fine-tuned alone, paired bootstrap over sentences (1000 resamples,"
@@ -119,6 +121,13 @@ def markdown(table: pd.DataFrame) -> str:
         "- `*_vs_llm_pct` / `*_vs_llm_ft_pct`: the score as a percentage of the LLM as is / fine-tuned.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def cell(value: Any) -> str:
+    """A table cell: 3 significant digits for a fraction, blank for a missing value."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def main() -> None:
@@ -136,6 +145,9 @@ def main() -> None:
         samples = WMT(os.environ.get("DECODEBENCH_DATA")).load()
         rows += pair_rows(name, runs, {s.id: s.reference for s in samples})
     table = pd.DataFrame(rows)
+    for column in ("sentences", "train_steps", "train_examples_seen", "llm_layer"):
+        if column in table:
+            table[column] = table[column].astype("Int64")  # whole numbers, not 1.31e+04
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "table.csv", index=False, float_format="%.4g")
     (args.out / "table.md").write_text(markdown(table))
