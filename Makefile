@@ -83,8 +83,8 @@ reproduce-specbench-groups: setup
 # LLM-to-SLM on CPU (about 2.5 hours here): qwen2.5-coder-0.5b -> smollm2-135m (different tokenizers: the aligned
 # bridge), against the same SLM fine-tuned alone with the same data (newstest2015-2019, 64 lines held out) and steps,
 # scored on the first 200 lines of newstest2014. The LLM as is runs interleaved with LLM-to-SLM in one process (the
-# speedup); the other systems run alone on the same lines. Two named variants: --feature-norm, and --feature-norm
-# with --llm-layer 12. L2S_LLM_FT=yes adds the LLM fine-tuned with LoRA, same data and steps (about an hour more;
+# speedup); the other systems run alone on the same lines. A named variant, --feature-norm, is trained and scored;
+# --llm-layer 12 (with --feature-norm) is a 60-step probe, compared on the held-out loss. L2S_LLM_FT=yes adds the LLM fine-tuned with LoRA, same data and steps (about an hour more;
 # not in the committed table).
 L2S_STEPS ?= 160
 L2S_CKPT ?= ckpt
@@ -102,10 +102,8 @@ reproduce-llm2slm-cpu: setup
 	$(BIN)/bench train llm2slm $(L2S_PAIR) --feature-norm --out $(L2S_CKPT)/llm2slm-qwen05-smollm2-norm
 	$(BIN)/bench run --method llm2slm --checkpoint $(L2S_CKPT)/llm2slm-qwen05-smollm2-norm $(L2S_EVAL) \
 		--no-baseline --out $(L2S_RUNS)/llm2slm-qwen05-smollm2-norm
-	$(BIN)/bench train llm2slm $(L2S_PAIR) --feature-norm --llm-layer 12 \
-		--out $(L2S_CKPT)/llm2slm-qwen05-smollm2-norm-layer12
-	$(BIN)/bench run --method llm2slm --checkpoint $(L2S_CKPT)/llm2slm-qwen05-smollm2-norm-layer12 $(L2S_EVAL) \
-		--no-baseline --out $(L2S_RUNS)/llm2slm-qwen05-smollm2-norm-layer12
+	$(BIN)/bench train llm2slm $(L2S_PAIR) --steps 60 --save-every 20 --feature-norm --llm-layer 12 \
+		--out $(L2S_CKPT)/llm2slm-qwen05-smollm2-norm-layer12-probe
 	if [ -n "$(L2S_LLM_FT)" ]; then \
 		$(BIN)/bench train slm --slm qwen2.5-coder-0.5b --slm-tuning lora $(L2S_TRAIN) --out $(L2S_CKPT)/lora-qwen05 && \
 		$(BIN)/bench run --method ar --model $(L2S_CKPT)/lora-qwen05 $(L2S_EVAL) --out $(L2S_RUNS)/lora-qwen05; \
@@ -113,10 +111,9 @@ reproduce-llm2slm-cpu: setup
 	$(BIN)/python scripts/llm2slm_table.py --out results/llm2slm --pair "qwen2.5-coder-0.5b -> smollm2-135m" \
 		llm2slm=$(L2S_RUNS)/llm2slm-qwen05-smollm2 slm=$(L2S_RUNS)/slm-smollm2 \
 		llm2slm-norm=$(L2S_RUNS)/llm2slm-qwen05-smollm2-norm \
-		llm2slm-norm-layer12=$(L2S_RUNS)/llm2slm-qwen05-smollm2-norm-layer12 \
 		$(if $(L2S_LLM_FT),llm_ft=$(L2S_RUNS)/lora-qwen05)
 	$(BIN)/python scripts/plot_loss.py $(L2S_CKPT)/llm2slm-qwen05-smollm2 $(L2S_CKPT)/slm-smollm2 \
-		$(L2S_CKPT)/llm2slm-qwen05-smollm2-norm $(L2S_CKPT)/llm2slm-qwen05-smollm2-norm-layer12 \
+		$(L2S_CKPT)/llm2slm-qwen05-smollm2-norm $(L2S_CKPT)/llm2slm-qwen05-smollm2-norm-layer12-probe \
 		$(if $(L2S_LLM_FT),$(L2S_CKPT)/lora-qwen05) --out results/llm2slm/loss.png
 	$(BIN)/bench report $(L2S_RUNS) --out results/llm2slm --against llm-to-slm
 
