@@ -37,7 +37,7 @@ from core.timing import Timer, Timing
 from methods.base import Decoded, Method, register
 from methods.decode import Sampler, StopRule
 from methods.kvcache import new_cache
-from methods.llm2slm_align import BRIDGES, LEGACY_BRIDGE, align_prompt, aligned_embeds, check_fast
+from methods.llm2slm_align import BRIDGES, LEGACY_BRIDGE, align_prompt, aligned_embeds, check_fast, fit_adapter
 from methods.llm2slm_io import answer_loss, check_layer, llm_features, seq2seq_loss
 
 MODES = ("add", "replace")
@@ -102,23 +102,6 @@ class Bridge(nn.Module):
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """The LLM's features (length, d_llm) in the SLM's width, through the feature norm when there is one."""
         return self.projector(features if self.norm is None else self.norm(features))
-
-
-@torch.no_grad()
-def fit_adapter(adapter: nn.Linear, llm: LoadedModel, slm: LoadedModel) -> None:
-    """Start the adapter as the least-squares map from the LLM's to the SLM's input embeddings of the tokens both
-    vocabularies share, so the SLM reads the prompt from the first step (a random adapter feeds it noise). With
-    fewer shared tokens than embedding dimensions the random initialisation stays."""
-    a, b = llm.tokenizer.get_vocab(), slm.tokenizer.get_vocab()
-    x_table, y_table = llm.model.get_input_embeddings().weight, slm.model.get_input_embeddings().weight
-    shared = sorted(t for t in a.keys() & b.keys() if a[t] < len(x_table) and b[t] < len(y_table))
-    if len(shared) <= adapter.in_features:
-        return
-    x = x_table[[a[t] for t in shared]].float()
-    y = y_table[[b[t] for t in shared]].float()
-    solution = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1, device=x.device)], 1), y).solution
-    adapter.weight.copy_(solution[:-1].T)
-    adapter.bias.copy_(solution[-1])
 
 
 class LLM2SLM(nn.Module):

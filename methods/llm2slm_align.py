@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from core.errors import BenchError
+from core.models import LoadedModel
 
 BRIDGES = ("adapter", "aligned")
 LEGACY_BRIDGE = "adapter"  # a checkpoint that records no bridge was trained before `aligned` existed
@@ -141,3 +142,20 @@ def aligned_embeds(embed: torch.nn.Module, own_ids: list[int], weights: torch.Te
         return own + mixed
     covered = torch.zeros(len(own), dtype=torch.bool, device=own.device).index_fill(0, rows, True)
     return torch.where(covered[:, None], mixed, own)
+
+
+@torch.no_grad()
+def fit_adapter(adapter: torch.nn.Linear, llm: LoadedModel, slm: LoadedModel) -> None:
+    """Start the adapter as the least-squares map from the LLM's to the SLM's input embeddings of the tokens both
+    vocabularies share, so the SLM reads the prompt from the first step (a random adapter feeds it noise). With
+    fewer shared tokens than embedding dimensions the random initialisation stays."""
+    a, b = llm.tokenizer.get_vocab(), slm.tokenizer.get_vocab()
+    x_table, y_table = llm.model.get_input_embeddings().weight, slm.model.get_input_embeddings().weight
+    shared = sorted(t for t in a.keys() & b.keys() if a[t] < len(x_table) and b[t] < len(y_table))
+    if len(shared) <= adapter.in_features:
+        return
+    x = x_table[[a[t] for t in shared]].float()
+    y = y_table[[b[t] for t in shared]].float()
+    solution = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1, device=x.device)], 1), y).solution
+    adapter.weight.copy_(solution[:-1].T)
+    adapter.bias.copy_(solution[-1])
