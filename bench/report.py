@@ -207,7 +207,7 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
 
 
 LEAD = ["model", "method", "settings", "task", "category", "dtype", "samples", "tokens_per_s", "tokens_per_s_median",
-        "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_of_means", "speedup_mean", "repeats",
+        "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_of_means", "speedup_mean", "speedup_time", "repeats",
         "speedup_repeat_mean", "speedup_repeat_std", "tau", "acceptance_rate", "acceptance_by_position", "overhead",
         "exact_rate", "ttft_ms_median", "ttft_ms_p90", "tpot_ms_median", "tpot_ms_p90", "encode_ms_median"]  # fmt: skip
 TRAIL = ["roofline_tokens_per_s", "roofline_fraction", "baseline_tokens_per_s", "paired_samples", "paired_prompts",
