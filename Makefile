@@ -84,11 +84,12 @@ reproduce-specbench-groups: setup
 # bridge), against the same SLM fine-tuned alone with the same data (newstest2015-2019, 64 lines held out) and steps,
 # scored on the first 200 lines of newstest2014. The LLM as is runs interleaved with LLM-to-SLM in one process (the
 # speedup); the other systems run alone on the same lines. A named variant, --feature-norm, is trained and scored;
-# --llm-layer 12 (with --feature-norm) is a 60-step probe, compared on the held-out loss. L2S_LLM_FT=yes adds the LLM fine-tuned with LoRA, same data and steps (about an hour more;
+# --llm-layer 12 and 18 (with --feature-norm) are 60-step probes, compared on the held-out loss. L2S_LLM_FT=yes adds the LLM fine-tuned with LoRA, same data and steps (about an hour more;
 # not in the committed table).
 L2S_STEPS ?= 160
 L2S_CKPT ?= ckpt
 L2S_LLM_FT ?=
+L2S_PROBE_LAYERS ?= 12 18
 L2S_TRAIN = --task wmt --steps $(L2S_STEPS) --lr 2e-4 --eval-samples 64 --eval-every 20 --save-every 40
 L2S_EVAL = --task wmt --limit 200 --max-new-tokens 96
 L2S_RUNS = results/llm2slm/runs
@@ -102,8 +103,10 @@ reproduce-llm2slm-cpu: setup
 	$(BIN)/bench train llm2slm $(L2S_PAIR) --feature-norm --out $(L2S_CKPT)/llm2slm-qwen05-smollm2-norm
 	$(BIN)/bench run --method llm2slm --checkpoint $(L2S_CKPT)/llm2slm-qwen05-smollm2-norm $(L2S_EVAL) \
 		--no-baseline --out $(L2S_RUNS)/llm2slm-qwen05-smollm2-norm
-	$(BIN)/bench train llm2slm $(L2S_PAIR) --steps 60 --save-every 20 --feature-norm --llm-layer 12 \
-		--out $(L2S_CKPT)/llm2slm-qwen05-smollm2-norm-layer12-probe
+	for layer in $(L2S_PROBE_LAYERS); do \
+		$(BIN)/bench train llm2slm $(L2S_PAIR) --steps 60 --save-every 20 --feature-norm --llm-layer $$layer \
+			--out $(L2S_CKPT)/llm2slm-qwen05-smollm2-norm-layer$$layer-probe || exit 1; \
+	done
 	if [ -n "$(L2S_LLM_FT)" ]; then \
 		$(BIN)/bench train slm --slm qwen2.5-coder-0.5b --slm-tuning lora $(L2S_TRAIN) --out $(L2S_CKPT)/lora-qwen05 && \
 		$(BIN)/bench run --method ar --model $(L2S_CKPT)/lora-qwen05 $(L2S_EVAL) --out $(L2S_RUNS)/lora-qwen05; \
@@ -113,7 +116,8 @@ reproduce-llm2slm-cpu: setup
 		llm2slm-norm=$(L2S_RUNS)/llm2slm-qwen05-smollm2-norm \
 		$(if $(L2S_LLM_FT),llm_ft=$(L2S_RUNS)/lora-qwen05)
 	$(BIN)/python scripts/plot_loss.py $(L2S_CKPT)/llm2slm-qwen05-smollm2 $(L2S_CKPT)/slm-smollm2 \
-		$(L2S_CKPT)/llm2slm-qwen05-smollm2-norm $(L2S_CKPT)/llm2slm-qwen05-smollm2-norm-layer12-probe \
+		$(L2S_CKPT)/llm2slm-qwen05-smollm2-norm \
+		$(foreach layer,$(L2S_PROBE_LAYERS),$(L2S_CKPT)/llm2slm-qwen05-smollm2-norm-layer$(layer)-probe) \
 		$(if $(L2S_LLM_FT),$(L2S_CKPT)/lora-qwen05) --out results/llm2slm/loss.png
 	$(BIN)/bench report $(L2S_RUNS) --out results/llm2slm --against llm-to-slm
 
