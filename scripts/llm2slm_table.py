@@ -24,9 +24,10 @@ from typing import Any
 
 import pandas as pd
 
-from bench.significance import corpus_metric, paired_bootstrap, signature
-from bench.store import SAMPLES
+from bench.significance import paired_bootstrap, signature
+from bench.store import SAMPLES, read_samples
 from methods.llm2slm import STATE_FILE
+from tasks.base import Sample
 from tasks.wmt import WMT, first_line
 
 METRICS = ("bleu", "chrf")
@@ -46,7 +47,7 @@ def is_llm2slm(key: str) -> bool:
 
 def records(run: Path, role: str | None) -> dict[str, dict[str, Any]]:
     """The finished first-repeat records of one lane of a run (`role`; None: every record), by sample id."""
-    rows = [json.loads(line) for line in (run / SAMPLES).read_text().splitlines() if line.strip()]
+    rows, _ = read_samples(run / SAMPLES)
     return {r["sample_id"]: r for r in rows if role in (None, r["role"]) and r.get("repeat", 1) == 1}
 
 
@@ -67,18 +68,18 @@ def training(run: Path) -> dict[str, Any]:
     return out
 
 
-def pair_rows(name: str, runs: dict[str, Path], references: dict[str, str]) -> list[dict[str, Any]]:
-    """The table rows of one pair, on the sentences every system finished."""
+def pair_rows(name: str, runs: dict[str, Path], task: WMT, samples: dict[str, Sample]) -> list[dict[str, Any]]:
+    """The table rows of one pair, on the sentences every system finished, scored as the task scores."""
     lanes = {"llm": records(runs["llm2slm"], "baseline")}
     lanes |= {key: records(runs[key], role(key)) for key in runs}
     ids = sorted(set.intersection(*(set(lane) for lane in lanes.values())), key=lambda i: (len(i), i))
-    refs = [references[i] for i in ids]
+    refs = [samples[i].reference for i in ids]
     hyps = {key: [first_line(lane[i]["text"]) for i in ids] for key, lane in lanes.items()}
     seconds = {key: sum(lane[i]["total_s"] for i in ids) for key, lane in lanes.items()}
     rows: dict[str, dict[str, Any]] = {}
     for key, lane in lanes.items():
         row = {"pair": name, "system": SYSTEMS["llm2slm" if is_llm2slm(key) else key], "sentences": len(ids)}
-        row |= {metric: corpus_metric(metric).corpus_score(hyps[key], [refs]).score for metric in METRICS}
+        row |= task.score([samples[i] for i in ids], [lane[i]["text"] for i in ids])
         row |= {"s_per_sentence": seconds[key] / len(ids),
                 "tokens_per_s": sum(lane[i]["new_tokens"] for i in ids) / seconds[key],
                 "speedup_vs_llm": seconds["llm"] / seconds[key],
@@ -142,8 +143,8 @@ def main() -> None:
         if unknown or "llm2slm" not in runs:
             keys = "needs llm2slm=RUN and takes slm=, llm_ft=, llm2slm-NAME="
             raise SystemExit(f"error: --pair {keys} (got {sorted(runs)})")
-        samples = WMT(os.environ.get("DECODEBENCH_DATA")).load()
-        rows += pair_rows(name, runs, {s.id: s.reference for s in samples})
+        task = WMT(os.environ.get("DECODEBENCH_DATA"))
+        rows += pair_rows(name, runs, task, {s.id: s for s in task.load()})
     table = pd.DataFrame(rows)
     for column in ("sentences", "train_steps", "train_examples_seen", "llm_layer"):
         if column in table:
