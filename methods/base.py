@@ -26,6 +26,7 @@ class Decoded:
     forwards: int | None = None  # target forwards when they are not one per `accepted` entry (external methods)
     encode_s: float | None = None  # LLM-to-SLM: seconds the large model spent encoding the prompt (inside ttft)
     drafted: list[int] | None = None  # per target forward: draft tokens it could accept (None: not known)
+    step_tokens: list[int] | None = None  # per target forward: query tokens it ran (None: not known)
 
     @property
     def target_forwards(self) -> int:
@@ -93,7 +94,14 @@ class DraftingMethod(Method):
         result = verify_loop(self.target.model, prompt_ids, stop, timer, drafter, self.sampler)
         forwards = drafter.draft_forwards if drafter is not None else 0
         drafted = result.drafted if drafter is not None else None
-        return Decoded(result.tokens, result.accepted, timer.read(), draft_forwards=forwards, drafted=drafted)
+        return Decoded(
+            result.tokens,
+            result.accepted,
+            timer.read(),
+            draft_forwards=forwards,
+            drafted=drafted,
+            step_tokens=result.step_tokens,
+        )
 
 
 METHODS: Registry[Method] = Registry("method", "methods", "decodebench.methods")

@@ -128,6 +128,7 @@ class LoopResult:
     tokens: list[int]
     accepted: list[int]  # tokens each target forward committed
     drafted: list[int]  # draft tokens each forward could accept (its longest candidate path; 0: no draft)
+    step_tokens: list[int]  # query tokens each forward ran (the prompt's uncached tokens + pending + every draft token)
 
 
 def _attention(
@@ -276,6 +277,7 @@ def verify_loop(
     tokens: list[int] = []
     accepted_counts: list[int] = []
     drafted: list[int] = []
+    step_tokens: list[int] = []
     end = None
     while end is None:
         inputs = tokens[-1:] or prompt_ids  # the uncached tokens, the pending one last
@@ -294,7 +296,8 @@ def verify_loop(
         tokens.extend(new)
         accepted_counts.append(len(new))
         drafted.append(max(map(len, draft.paths), default=0) if draft else 0)
+        step_tokens.append(len(inputs) + (len(draft.tokens) if draft else 0))
         timer.mark()
         end = stop.end(tokens, start)
     accepted_counts[-1] -= len(tokens) - end
-    return LoopResult(tokens[:end], accepted_counts, drafted)
+    return LoopResult(tokens[:end], accepted_counts, drafted, step_tokens)
