@@ -14,6 +14,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from bench.cli_profile import profile_command
 from core.errors import BenchError
 from core.presets import PRESETS, is_cached
 
@@ -141,6 +142,9 @@ def sweep(
         write_report([Path(status["root"])], Path(status["root"]) / "report", [], True, typer.echo, fmt)
     if failed:
         raise typer.Exit(1)
+
+
+app.command("profile")(guarded(profile_command))
 
 
 @app.command()

@@ -15,8 +15,8 @@ from methods.base import Decoded
 
 # The speed columns of a summary row (emptied in a report row whose numbers are flagged as impossible).
 SPEED = ["tokens_per_s", "tokens_per_s_median", "speedup", "speedup_mean", "speedup_ci_low", "speedup_ci_high",
-         "speedup_of_means", "speedup_time", "speedup_repeat_mean", "speedup_repeat_std", "overhead",
-         "roofline_fraction"]  # fmt: skip
+         "speedup_of_means", "speedup_time", "speedup_decode", "speedup_predicted", "speedup_repeat_mean",
+         "speedup_repeat_std", "overhead", "roofline_fraction"]  # fmt: skip
 
 
 def generation_record(role: str, method: str, prompt_id: str, decoded: Decoded, text: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from bench.records import MIN_CI_PROMPTS, SPEED, aggregate
 from bench.store import MANIFEST, SAMPLES, SUMMARY, read_samples
+from core.costmodel import CostCurve, ProfileKey, measured_decode_speedup, predicted_speedup, stored
 from core.errors import BenchError
 from core.files import portable, read_json
 from core.metrics import Metric
@@ -146,8 +147,44 @@ def warnings(row: dict[str, Any]) -> list[str]:
         out.append(
             f"{row['tokens_per_s']:.1f} tok/s above the estimated roofline ({roofline * max(row['tau'], 1):.1f})"
         )
+    predicted, decode = row.get("speedup_predicted"), row.get("speedup_decode")
+    if predicted and decode and decode < predicted * (1 - PREDICTION_GAP):
+        out.append(f"the cost curve predicts {predicted:.2f}x in decode, measured {decode:.2f}x: "
+                   f"{1 - decode / predicted:.0%} lost outside the target's forwards")  # fmt: skip
     if row.get("speedup") is not None and row.get("paired_prompts", 0) < MIN_CI_PROMPTS:
         out.append(f"interval over {row['paired_prompts']} prompts only")
+    return out
+
+
+PREDICTION_GAP = 0.25  # a measured decode speedup this far below the cost curve's prediction is flagged
+
+
+def cost_curves(run: Run) -> tuple[CostCurve | None, CostCurve | None]:
+    """The stored cost curves (`bench profile`) of the run's target and draft under its settings: model, dtype,
+    device type, compile, threads and kernels. None where that setting was never profiled."""
+    config, env = run.config, run.environment
+    device = str(env.get("device") or config.get("device", "cpu")).split(":")[0]
+    threads = env.get("torch_threads")
+
+    def curve(model: str | None) -> CostCurve | None:
+        if not model or threads is None:
+            return None
+        key = ProfileKey(Path(model).name, config["dtype"], device, bool(config.get("compile")), int(threads))
+        return stored(key, config.get("kernels", "aten"))
+
+    return curve(config["model"]), curve(config.get("draft"))
+
+
+def prediction(curves: tuple[CostCurve | None, CostCurve | None], records: list[dict[str, Any]],
+               paired: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """The measured decode-phase speedup (after the first token) and, with a cost curve, the one it predicts."""
+    by_id = {r["prompt_id"]: r for r in paired}
+    pairs = [(r, by_id[r["prompt_id"]]) for r in records if r["prompt_id"] in by_id]
+    if not pairs:
+        return {}
+    out = {"speedup_decode": measured_decode_speedup(pairs)}
+    if curves[0] is not None:
+        out["speedup_predicted"] = predicted_speedup(pairs, *curves)
     return out
 
 
@@ -184,7 +221,7 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
     lanes = [("method", config["method"], settings_label(config), settings_label(config, brief=True), run.method)]
     if run.baseline and not config.get("baseline_run"):
         lanes.append(("baseline", "ar", "", "", run.baseline))
-    rows = []
+    rows, curves = [], cost_curves(run)
     for role, method, settings, brief, records in lanes:
         categories = sorted({r.get("category") for r in records} - {None})
         groups = [("all", records)] + [(c, [r for r in records if r.get("category") == c]) for c in categories]
@@ -195,7 +232,7 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
             row = common | {"method": method, "settings": settings, "brief": brief, "category": category}
             row |= {"options": options, "draft": common["draft"] if role == "method" else None}
             paired = run.baseline if role == "method" and run.same_hardware else []  # never the baseline with itself
-            row |= aggregate(group, paired)
+            row |= aggregate(group, paired) | prediction(curves, group, paired)
             if category == "all":
                 row |= _summary_columns(summary.get(role, {}), summary.get("baseline", {}))
             expect = role == "method" and config["method"] != "ar" and config.get("baseline", True)
@@ -208,8 +245,9 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
 
 LEAD = ["model", "method", "settings", "task", "category", "dtype", "samples", "tokens_per_s", "tokens_per_s_median",
         "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_of_means", "speedup_mean", "speedup_time", "repeats",
-        "speedup_repeat_mean", "speedup_repeat_std", "tau", "acceptance_rate", "acceptance_by_position", "overhead",
-        "exact_rate", "ttft_ms_median", "ttft_ms_p90", "tpot_ms_median", "tpot_ms_p90", "encode_ms_median"]  # fmt: skip
+        "speedup_repeat_mean", "speedup_repeat_std", "speedup_decode", "speedup_predicted", "tau", "acceptance_rate",
+        "acceptance_by_position", "overhead", "exact_rate", "ttft_ms_median", "ttft_ms_p90", "tpot_ms_median",
+        "tpot_ms_p90", "encode_ms_median"]  # fmt: skip
 TRAIL = ["roofline_tokens_per_s", "roofline_fraction", "baseline_tokens_per_s", "paired_samples", "paired_prompts",
          "new_tokens", "flag", "warning", "brief", "options", "draft", "temperature", "model_id", "device",
          "device_name", "torch", "transformers", "commit", "run"]  # fmt: skip
