@@ -27,6 +27,7 @@ class Decoded:
     encode_s: float | None = None  # LLM-to-SLM: seconds the large model spent encoding the prompt (inside ttft)
     drafted: list[int] | None = None  # per target forward: draft tokens it could accept (None: not known)
     step_tokens: list[int] | None = None  # per target forward: query tokens it ran (None: not known)
+    budget: list[int] | None = None  # per target forward: the draft length `--budget auto` chose (None: fixed)
 
     @property
     def target_forwards(self) -> int:
@@ -101,6 +102,7 @@ class DraftingMethod(Method):
             draft_forwards=forwards,
             drafted=drafted,
             step_tokens=result.step_tokens,
+            budget=getattr(drafter, "chosen", None),
         )
 
 

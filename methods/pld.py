@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.models import LoadedModel
 from core.options import Options, option
 from methods.base import DraftingMethod, register
-from methods.decode import Draft
+from methods.budget import BUDGET_HELP, BUDGETS, Budgeted
+from methods.decode import Draft, Drafter, Sampler
 
 MATCH_RULES = ("earliest", "latest", "longest")
 
@@ -80,15 +82,21 @@ class PromptLookupOptions(Options):
         "which earlier occurrence drafts: earliest (the reference rule), latest, or longest (continuation)",
         choices=MATCH_RULES,
     )
+    budget: str = option("fixed", BUDGET_HELP, choices=BUDGETS)
 
 
 @register
-class PromptLookup(DraftingMethod):
+class PromptLookup(Budgeted, DraftingMethod):
     name = "pld"
     description = "prompt-lookup decoding: n-gram match in prompt + output, verified in one forward (lossless)"
     family = "prompt lookup"
     Options = PromptLookupOptions
 
-    def drafter(self) -> PromptLookupDrafter:
+    def __init__(self, target: LoadedModel, sampler: Sampler | None, options: PromptLookupOptions | None = None,
+                 draft: LoadedModel | None = None) -> None:  # fmt: skip
+        super().__init__(target, sampler, options, draft)
+        self.init_budget(target, self.options.num_candidates)
+
+    def drafter(self) -> Drafter:
         o = self.options
-        return PromptLookupDrafter(o.max_ngram, o.num_candidates, o.match, self.output_eos_ids())
+        return self.budgeted(PromptLookupDrafter(o.max_ngram, o.num_candidates, o.match, self.output_eos_ids()), True)

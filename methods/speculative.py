@@ -19,7 +19,8 @@ from core.errors import BenchError
 from core.models import LoadedModel
 from core.options import Options, option
 from methods.base import DraftingMethod, register
-from methods.decode import Draft, Sampler
+from methods.budget import BUDGET_HELP, BUDGETS, Budgeted
+from methods.decode import Draft, Drafter, Sampler
 from methods.kvcache import new_cache
 
 
@@ -92,16 +93,19 @@ class SpeculativeOptions(Options):
         min=1,
         label="k_max",
     )
+    budget: str = option("fixed", BUDGET_HELP, choices=BUDGETS)
 
     def check(self, owner: str) -> None:
         if self.adaptive and self.num_draft > self.max_draft:
             raise BenchError(
                 f"--num-draft ({self.num_draft}) must be at most --max-draft ({self.max_draft}) with --adaptive"
             )
+        if self.adaptive and self.budget == "auto":
+            raise BenchError("--adaptive and --budget auto both set the draft length: choose one")
 
 
 @register
-class Speculative(DraftingMethod):
+class Speculative(Budgeted, DraftingMethod):
     name = "speculative"
     description = "draft-model speculative decoding, greedy or rejection-sampling verification (lossless)"
     family = "draft model"
@@ -112,7 +116,9 @@ class Speculative(DraftingMethod):
                  draft: LoadedModel | None = None) -> None:  # fmt: skip
         super().__init__(target, sampler, options, draft)
         check_same_tokenizer(target, self.draft)
+        self.init_budget(target, self.options.num_draft, self.draft)
 
-    def drafter(self) -> DraftModelDrafter:
+    def drafter(self) -> Drafter:
         o = self.options
-        return DraftModelDrafter(self.draft, o.num_draft, o.adaptive, self.sampler, max_draft=o.max_draft)
+        drafter = DraftModelDrafter(self.draft, o.num_draft, o.adaptive, self.sampler, max_draft=o.max_draft)
+        return self.budgeted(drafter, False)
