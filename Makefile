@@ -10,7 +10,7 @@ export DECODEBENCH_DATA ?= $(abspath ../shared/data)
 endif
 
 .PHONY: setup test lint format demo bench-timer bench-ar bench-lookahead bench-attention check-ci compare-references \
-	reproduce-cpu reproduce-specbench-groups reproduce-llm2slm-cpu reproduce-all clean
+	reproduce-cpu reproduce-specbench-groups reproduce-llm2slm-cpu reproduce-all clean gpu-check gpu-check-dry
 
 setup: $(VENV)/.installed
 
@@ -128,6 +128,15 @@ reproduce-all: setup
 		$(BIN)/bench sweep results/configs/$$paper.yaml --no-report && \
 		$(BIN)/bench report results/$$paper/runs --out results/$$paper --against $$paper || exit 1; \
 	done
+
+# The one-shot check of the CUDA paths on a lent GPU machine (docs/gpu.md): the `cuda` tests and the cost curve of
+# Vicuna-7B's shape, under 8 minutes, everything in gpu-check/. No `setup`: that machine has no network.
+gpu-check:
+	bash scripts/gpu_check.sh
+
+# The same steps on CPU at tiny sizes (the CUDA tests skip): checks the script itself, in under a minute.
+gpu-check-dry:
+	bash scripts/gpu_check.sh --dry-run
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
