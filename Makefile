@@ -10,7 +10,7 @@ export DECODEBENCH_DATA ?= $(abspath ../shared/data)
 endif
 
 .PHONY: setup test lint format demo bench-timer bench-ar bench-lookahead bench-attention check-ci compare-references \
-	reproduce-cpu reproduce-specbench-groups reproduce-llm2slm-cpu reproduce-all clean gpu-check gpu-check-dry
+	reproduce-cpu reproduce-budget-cpu reproduce-specbench-groups reproduce-llm2slm-cpu reproduce-all clean gpu-check gpu-check-dry
 
 setup: $(VENV)/.installed
 
@@ -73,6 +73,14 @@ check-ci: setup
 reproduce-cpu: setup
 	$(BIN)/bench sweep results/configs/cpu.yaml --no-report
 	$(BIN)/bench sweep results/configs/cpu-spec.yaml --no-report
+	$(BIN)/bench report results/cpu/runs --out results/cpu --against lookahead --against spec-bench --against llm-to-slm
+
+# The cost model on CPU (about 15 minutes here): the forward cost curve of smollm2-135m per kernel backend
+# (results/cpu/profile/), then pld with its hand-set draft length and with --budget auto on Spec-Bench's six groups;
+# the CPU table gains their rows and, for every run with per-forward step sizes, the predicted speedup.
+reproduce-budget-cpu: setup
+	$(BIN)/bench profile --model smollm2-135m --out results/cpu/profile
+	$(BIN)/bench sweep results/configs/cpu-budget.yaml --no-report
 	$(BIN)/bench report results/cpu/runs --out results/cpu --against lookahead --against spec-bench --against llm-to-slm
 
 # Spec-Bench's per-group table (6 groups + overall) with 3 repeats, CPU-sized (about 25 minutes here).
