@@ -9,7 +9,7 @@ ifneq ($(wildcard ../shared/data/README.md),)
 export DECODEBENCH_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup test lint format demo bench-timer bench-ar bench-lookahead bench-attention check-ci compare-references \
+.PHONY: setup test lint format demo bench-timer bench-ar bench-compiled bench-lookahead bench-attention check-ci compare-references \
 	reproduce-cpu reproduce-budget-cpu reproduce-specbench-groups reproduce-llm2slm-cpu reproduce-all clean gpu-check gpu-check-dry
 
 setup: $(VENV)/.installed
@@ -47,6 +47,11 @@ bench-timer: setup
 
 bench-ar: setup
 	$(BIN)/python scripts/ar_vs_hf.py
+
+# Compiled AR (`--compile`) against transformers' eager generate() (target >= 1.5x) and the roofline (>= 40%), with our
+# eager AR and transformers' static cache + compile, interleaved on the same MT-bench prompts (BENCH_FLAGS: e.g. --threads 1).
+bench-compiled: setup
+	$(BIN)/python scripts/compiled_ar.py $(BENCH_FLAGS)
 
 # Our default lookahead against the reference implementation's compression ratios, with and without each improvement.
 bench-lookahead: setup

@@ -47,6 +47,13 @@ def _fixed(
     threads: int | None = typer.Option(
         None, help="torch CPU threads (recorded; default: torch's).", rich_help_panel="Model"
     ),
+    compile: bool = typer.Option(
+        False,
+        "--compile",
+        help="Compiled forwards (torch.compile on a static KV cache, query lengths padded to buckets) for the method "
+        "and its AR baseline alike; compiled before timing (compile_s). hf: transformers' static cache + compile.",
+        rich_help_panel="Model",
+    ),
     task: str = typer.Option(..., "--task", "-t", help="Task (`bench list tasks`).", rich_help_panel="Task"),
     limit: int | None = typer.Option(None, help="Use the first N samples of the task.", rich_help_panel="Task"),
     turns: int | None = typer.Option(
@@ -182,6 +189,9 @@ def print_summary(summaries: list[dict[str, Any]], task: str) -> None:
         scores = ", ".join(f"{k} {s[k]:.2f}" for k in metrics if s.get(k) is not None)
         if scores:
             console.print(f"quality ({s['role']}, {s['method']}): {scores}")
+    for s in summaries:
+        if s.get("compile_s") is not None:
+            console.print(f"compile ({s['role']}, {s['method']}): {s['compile_s']:.1f} s before timing")
     ar_row = next((s for s in summaries if s.get("roofline_fraction")), None)
     if ar_row:
         console.print(f"roofline: {ar_row['roofline_tokens_per_s']:.1f} tok/s; "

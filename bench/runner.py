@@ -54,6 +54,7 @@ class RunConfig:
     chat_template: str = "hf"  # hf (the tokenizer's own), none (plain text), a shipped name or a .jinja file
     system_prompt: str | None = None  # replaces the chat template's system message
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    compile: bool = False  # compiled forwards (methods.compiled) for both lanes, graphs compiled before timing
     limit: int | None = None
     warmup: int = 1
     repeats: int = 1  # generations of each prompt per lane (interleaved with the baseline's); records say which
@@ -72,6 +73,7 @@ class RunConfig:
             (self.repeats >= 1, f"--repeats must be at least 1 (got {self.repeats})"),
             (self.top_k >= 0 and self.warmup >= 0, "--top-k and --warmup must be >= 0"),
             (self.dtype in models.DTYPES, f"unknown dtype {self.dtype!r}; choose one of {', '.join(models.DTYPES)}"),
+            (not (self.compile and self.device_map), "--compile does not support --device-map"),
         ]
         for ok, message in checks:
             if not ok:
@@ -81,6 +83,8 @@ class RunConfig:
         """This config with every default filled in (model, draft, method and task options), validated."""
         self.validate()
         method_cls, task_cls = METHODS.get(self.method), TASKS.get(self.task)
+        if self.compile and not method_cls.compilable:
+            raise BenchError(f"method {self.method} does not support --compile (ar, hf and the engine's methods do)")
         options = method_cls.Options.resolve(self.options, self.method)
         task_options = task_cls.Options.resolve(self.task_options, self.task)
         task_cls.check_prompt_format(self.chat_template, self.system_prompt)
@@ -97,6 +101,8 @@ class RunConfig:
         d = dataclasses.asdict(self)
         for k in ("limit", "repeats", "out", "warmup", "data_dir"):
             d.pop(k)
+        if not d["compile"]:  # runs from before --compile keep their identity
+            d.pop("compile")
         d["chat_template"] = chat.label(self.chat_template)  # a template file by its name; its sha256 is in extra
         return d
 
@@ -137,6 +143,8 @@ class Plan:
     samples: list[Sample]
     target: models.LoadedModel
     lanes: list[Lane]
+    compiled: Any = None  # `--compile`: the target's methods.compiled.CompiledModel, shared by the lanes
+    compile_s: dict[str, float] = field(default_factory=dict)  # per lane role: seconds compiling before timing
 
     @property
     def store(self) -> RunStore:
@@ -197,6 +205,11 @@ def _open_plan(
     target = models.load(config.model, config.dtype, config.device, config.device_map)
     draft = models.load(config.draft, config.dtype, config.device) if config.draft else None
     method = method_cls.create(target, config.sampler(), config.options, draft)
+    compiled = None
+    if config.compile:  # before any run directory is touched: a model it cannot compile is refused here
+        from methods.compiled import CompiledModel
+
+        compiled = CompiledModel(target.model)
     env = environment.describe(target.device)
     prompt_template = task.use_template(config.chat_template, target.tokenizer, config.system_prompt)
     extra = {"model_artifact": target.artifact, "task_data": task_data, "prompt_template": prompt_template}
@@ -218,7 +231,10 @@ def _open_plan(
             if config.baseline:
                 lanes.insert(0, Lane("baseline", METHODS.get(BASELINE)(target, config.sampler()), shared or store))
         opened.pop_all()
-    return Plan(config, task, samples, target, lanes)
+    if compiled is not None:
+        for lane in lanes:
+            lane.method.use_compiled(compiled)
+    return Plan(config, task, samples, target, lanes, compiled)
 
 
 def run(config: RunConfig, progress: bool = True, baseline_dir: Path | None = None) -> RunResult:
@@ -247,6 +263,9 @@ def measure(p: Plan, progress: bool = True) -> None:
                                            for pid in p.turn_ids(s))]  # fmt: skip
     if pending:
         first = p.task.prompt_ids(pending[0], p.target.tokenizer, [])
+        if p.compiled is not None:  # every graph the timed part runs, compiled now; a later compile is an error
+            p.compile_s = {lane.role: lane.method.warm_up_compiled(first) for lane in p.lanes}
+            p.compiled.seal()
         for _ in range(p.config.warmup):
             for lane in p.lanes:
                 _decode(p, lane.method, first, min(16, p.config.max_new_tokens))
@@ -298,6 +317,8 @@ def finish(p: Plan) -> list[dict[str, Any]]:
     for lane in p.lanes:
         paired = baseline if lane.role == "method" else None  # the baseline is not paired with itself
         row = {"role": lane.role, "method": lane.method.name} | aggregate(records[lane.role], paired)
+        if p.config.compile:
+            row["compile_s"] = p.compile_s.get(lane.role)  # None: nothing was compiled (a finished run resumed)
         summaries.append(row | quality(p.task, p.samples, records[lane.role]))
     add_roofline(summaries, baseline or records.get("method", []), p.target)
     p.store.write_summary(summaries)

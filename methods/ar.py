@@ -15,3 +15,6 @@ class Autoregressive(DraftingMethod):
 
     def drafter(self) -> None:
         return None
+
+    def max_step_tokens(self) -> int:
+        return 1

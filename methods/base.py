@@ -44,6 +44,7 @@ class Method(ABC):
     lossless: ClassVar[bool] = True  # greedy output must equal autoregressive greedy output
     uses_draft: ClassVar[bool] = False  # needs a draft model (`--draft`)
     encoder_decoder_target: ClassVar[bool] = False  # takes an encoder-decoder target (T5); the others decode only
+    compilable: ClassVar[bool] = False  # runs compiled with `--compile` (`use_compiled`)
 
     def __init__(self, target: LoadedModel, sampler: Sampler | None, options: Options | None = None,
                  draft: LoadedModel | None = None) -> None:  # fmt: skip
@@ -57,6 +58,22 @@ class Method(ABC):
                              "(llm2slm reads one as its LLM, with --no-baseline)")  # fmt: skip
         if self.uses_draft and draft is None:
             raise BenchError(f"{self.name} needs a draft model: --draft PRESET|HF-ID|PATH")
+        self.compiled: Any = None  # `--compile`: the target's methods.compiled.CompiledModel
+
+    def use_compiled(self, compiled: Any) -> None:
+        """Run compiled from now on (`--compile`): `compiled` is the target's methods.compiled.CompiledModel."""
+        if not self.compilable:
+            raise BenchError(f"method {self.name} does not support --compile")
+        self.compiled = compiled
+
+    def warm_up_compiled(self, prompt_ids: list[int]) -> float:
+        """Compile, before timing, every graph this method's generations run; returns the seconds it took."""
+        return self.compiled.warm_up(self.max_step_tokens() or self.compiled.buckets[-1])
+
+    def max_step_tokens(self) -> int | None:
+        """The most query tokens a forward after the prompt runs (the pending token and the draft, Lookahead's
+        window included): `--compile` compiles the buckets up to it before timing. None: unknown (every bucket)."""
+        return None
 
     @classmethod
     def create(cls, target: LoadedModel, sampler: Sampler | None = None, options: dict[str, Any] | None = None,
@@ -86,13 +103,16 @@ class Method(ABC):
 class DraftingMethod(Method):
     """A method on the shared engine (`methods.decode.verify_loop`): a subclass gives its options and a drafter."""
 
+    compilable = True
+
     @abstractmethod
     def drafter(self) -> Drafter | None:
         """A fresh drafter for one generation (None: autoregressive decoding)."""
 
     def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
         drafter = self.drafter()
-        result = verify_loop(self.target.model, prompt_ids, stop, timer, drafter, self.sampler)
+        target = self.compiled.target() if self.compiled is not None else None
+        result = verify_loop(self.target.model, prompt_ids, stop, timer, drafter, self.sampler, target)
         forwards = drafter.draft_forwards if drafter is not None else 0
         drafted = result.drafted if drafter is not None else None
         return Decoded(

@@ -228,21 +228,63 @@ def _scatter(values: list[int], rows: list[int], size: int) -> list[int]:
     return out
 
 
+class Target(Protocol):
+    """How the engine runs the target model: a cache per generation, one forward per step, the rollback.
+    `EagerTarget` calls the model's forward on a growing DynamicCache; methods.compiled runs compiled forwards."""
+
+    def start(self, prompt_len: int, max_new_tokens: int) -> None:
+        """A fresh (empty) cache for a generation of at most `max_new_tokens` after a prompt of `prompt_len`."""
+        ...
+
+    def forward(self, inputs: list[int], cached: int, draft: Draft | None) -> tuple[torch.Tensor, list[int] | None]:
+        """One forward of `inputs` (uncached tokens, the pending one last) and the draft's tokens after `cached`
+        positions. Returns logits rows and the step rows they belong to (0: the pending token, 1 + i: draft token
+        i; None: all of them in order). Without a draft: the pending token's row alone."""
+        ...
+
+    def keep(self, pending: int, n_step: int, accepted: list[int]) -> None:
+        """Keep the pending token (at position `pending`) and the accepted draft positions (indices into the
+        draft of `n_step` tokens), in order; drop the rest."""
+        ...
+
+
+class EagerTarget:
+    """The model's own forward on our DynamicCache (methods.kvcache): the LM head runs only on the rows read."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.cache: Any = None
+
+    def start(self, prompt_len: int, max_new_tokens: int) -> None:
+        self.cache = new_cache(self.model)
+
+    def forward(self, inputs: list[int], cached: int, draft: Draft | None) -> tuple[torch.Tensor, list[int] | None]:
+        model, cache = self.model, self.cache
+        if draft is None:
+            ids = torch.tensor([inputs], device=self.device)
+            return model(ids, past_key_values=cache, logits_to_keep=1).logits[0], None
+        prefix = len(inputs) - 1
+        step = torch.tensor([[*inputs, *draft.tokens]], device=self.device)
+        read = _read_rows(draft)
+        rows = 1 + len(draft.tokens) if read is None else torch.tensor([prefix + r for r in read], device=self.device)
+        if draft.positions is None and draft.visible is None:
+            return model(step, past_key_values=cache, logits_to_keep=rows).logits[0], read
+        positions, mask = _attention(draft, cached, self.device, model, cache, prefix)
+        logits = model(step, past_key_values=cache, position_ids=positions, attention_mask=mask,
+                       logits_to_keep=rows).logits[0]  # fmt: skip
+        return logits, read
+
+    def keep(self, pending: int, n_step: int, accepted: list[int]) -> None:
+        keep(self.cache, pending, n_step, accepted)
+
+
 def _verify_step(
-    model: Any, cache: Any, inputs: list[int], cached: int, draft: Draft, sampler: Sampler | None, device: torch.device
+    target: Target, inputs: list[int], cached: int, draft: Draft, sampler: Sampler | None
 ) -> tuple[list[int], list[int], int]:
     """One target forward over `inputs` (uncached tokens, the pending one last) and the draft; keeps the
     accepted positions in the cache. Returns the target's argmax per step row, the accepted indices, the next token."""
-    prefix = len(inputs) - 1
-    step = torch.tensor([[*inputs, *draft.tokens]], device=device)
-    read = _read_rows(draft)
-    rows = torch.tensor([prefix + r for r in read], device=device) if read is not None else 1 + len(draft.tokens)
-    if draft.positions is None and draft.visible is None:
-        logits = model(step, past_key_values=cache, logits_to_keep=rows).logits[0]
-    else:
-        positions, mask = _attention(draft, cached, device, model, cache, prefix)
-        logits = model(step, past_key_values=cache, position_ids=positions, attention_mask=mask,
-                       logits_to_keep=rows).logits[0]  # fmt: skip
+    logits, read = target.forward(inputs, cached, draft)
     argmax = logits.argmax(-1).tolist()
     predicted = argmax if read is None else _scatter(argmax, read, len(draft.tokens) + 1)
     if sampler is None:
@@ -251,7 +293,7 @@ def _verify_step(
     else:
         index = dict(zip(read, range(len(read)), strict=True)) if read is not None else _Identity()
         path, following = _verify_sampling(draft, logits, index, sampler)
-    keep(cache, cached + prefix, len(draft.tokens), path)
+    target.keep(cached + len(inputs) - 1, len(draft.tokens), path)
     return predicted, path, following
 
 
@@ -263,16 +305,17 @@ def verify_loop(
     timer: Timer,
     drafter: Drafter | None = None,
     sampler: Sampler | None = None,
+    target: Target | None = None,
 ) -> LoopResult:
     """Decode with the target model, verifying `drafter`'s candidates (no drafter: autoregressive decoding).
 
     The first forward runs the prompt (its last token pending) together with the first draft, as transformers'
     assisted generation and the Lookahead reference do. Greedy without a sampler, rejection sampling with one.
     Marks `timer` after every target forward; returns the new tokens, how many tokens each forward committed and
-    how many draft tokens it could have accepted.
+    how many draft tokens it could have accepted. `target` runs the forwards (default: the model's eager forward).
     """
-    device = next(model.parameters()).device
-    cache = new_cache(model)
+    target = target if target is not None else EagerTarget(model)
+    target.start(len(prompt_ids), stop.max_new_tokens)
     timer.start()
     tokens: list[int] = []
     accepted_counts: list[int] = []
@@ -285,11 +328,10 @@ def verify_loop(
         budget = stop.max_new_tokens - len(tokens) - 1
         draft = drafter.propose(prompt_ids + tokens, budget) if drafter is not None and budget > 0 else None
         if not draft or not draft.tokens:
-            ids = torch.tensor([inputs], device=device)
-            logits = model(ids, past_key_values=cache, logits_to_keep=1).logits[0, -1]
+            logits = target.forward(inputs, cached, None)[0][-1]
             new = [int(logits.argmax()) if sampler is None else sampler.sample(sampler.probs(logits))]
         else:
-            predicted, path, following = _verify_step(model, cache, inputs, cached, draft, sampler, device)
+            predicted, path, following = _verify_step(target, inputs, cached, draft, sampler)
             drafter.observe(draft, predicted, path)
             new = [draft.tokens[i] for i in path] + [following]
         start = len(tokens)

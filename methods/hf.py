@@ -9,11 +9,12 @@ Like for like by default: `hf-pld` has `pld`'s defaults (the reference's max_ngr
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import CompileConfig, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from core.errors import BenchError
@@ -93,7 +94,9 @@ class _Generate(Method):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop.eos_ids, default=0)
         draft = kwargs.get("assistant_model")
         streamer = _MarkingStreamer(timer)
-        with _ForwardCounter(model) as target_calls, _ForwardCounter(draft or torch.nn.Identity()) as draft_calls:
+        compiled = "compile_config" in kwargs  # then a forward hook would make transformers recompile every call
+        counted = torch.nn.Identity() if compiled else model
+        with _ForwardCounter(counted) as target_calls, _ForwardCounter(draft or torch.nn.Identity()) as draft_calls:
             timer.start()
             with torch.inference_mode():
                 out = model.generate(
@@ -111,13 +114,35 @@ class _Generate(Method):
             if left > 0:
                 accepted.append(min(size, left))
                 left -= accepted[-1]
-        return Decoded(new, accepted, timing, draft_forwards=draft_calls.count, forwards=target_calls.count)
+        forwards = None if compiled else target_calls.count  # compiled: one forward per emitted step
+        return Decoded(new, accepted, timing, draft_forwards=draft_calls.count, forwards=forwards)
 
 
 @register
 class HFGenerate(_Generate):
     name = "hf"
     description = "transformers generate() (greedy or sampling), external reference"
+    compilable = True  # --compile: transformers' static cache and its own torch.compile of the forward
+    compile_config: CompileConfig | None = None
+
+    def use_compiled(self, compiled: Any) -> None:
+        super().use_compiled(compiled)
+        config = CompileConfig(mode="reduce-overhead" if self.target.device.type == "cuda" else "default")
+        config._compile_all_devices = True  # transformers compiles on GPUs only unless told
+        self.compile_config = config
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        if self.compile_config is None:
+            return {}
+        return {"cache_implementation": "static", "compile_config": self.compile_config}
+
+    def warm_up_compiled(self, prompt_ids: list[int]) -> float:
+        """transformers compiles at the first decoding step of a static-cache `generate()`, and again (with the cache
+        length dynamic) once a later call needs a longer cache: two untimed generations, the second longer."""
+        start = time.perf_counter()
+        for new_tokens in (8, 24):
+            self.generate(prompt_ids, StopRule(new_tokens), Timer(self.target.device))
+        return time.perf_counter() - start
 
 
 ASSISTED_SCHEDULES = ("constant", "transformers")
