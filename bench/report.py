@@ -105,6 +105,8 @@ def settings_label(config: dict[str, Any], brief: bool = False) -> str:
         parts.append(f"draft={config['draft']}")
     if config.get("temperature"):
         parts.append(f"T={config['temperature']}")
+    if config.get("compile"):
+        parts.append("compiled")
     return " ".join(parts)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,13 +122,20 @@ class BudgetedDrafter:
 class Budgeted:
     """For a chain-drafting method with a `budget` option: `budgeted(drafter)` applies `--budget auto`, with one
     policy for the method's whole run. Call `init_budget` from `__init__`, so a missing cost curve is refused
-    before any generation."""
+    before any generation; under `--compile` the policy reads the compiled target's curve."""
 
     policy: BudgetPolicy | None = None
 
-    def init_budget(self, target: LoadedModel, max_k: int, draft: LoadedModel | None = None) -> None:
+    def init_budget(self, target: LoadedModel, max_k: int, draft: LoadedModel | None = None,
+                    compiled: bool = False) -> None:  # fmt: skip
+        self._budget_args = (target, max_k, draft)
         if self.options.budget == "auto":
-            self.policy = BudgetPolicy(curve_for(target), max_k, curve_for(draft) if draft is not None else None)
+            draft_curve = curve_for(draft) if draft is not None else None  # the draft model runs eagerly
+            self.policy = BudgetPolicy(curve_for(target, compiled), max_k, draft_curve)
+
+    def use_compiled(self, compiled: Any) -> None:
+        super().use_compiled(compiled)
+        self.init_budget(*self._budget_args, compiled=True)
 
     def budgeted(self, drafter: Drafter, free_peek: bool) -> Drafter:
         return drafter if self.policy is None else BudgetedDrafter(drafter, self.policy, free_peek)

@@ -222,5 +222,8 @@ class Jacobi(DraftingMethod):
     family = "lookahead"
     Options = JacobiOptions
 
+    def max_step_tokens(self) -> int:
+        return 1 + self.options.window
+
     def drafter(self) -> JacobiDrafter:
         return JacobiDrafter(self.options.window)

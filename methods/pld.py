@@ -97,6 +97,9 @@ class PromptLookup(Budgeted, DraftingMethod):
         super().__init__(target, sampler, options, draft)
         self.init_budget(target, self.options.num_candidates)
 
+    def max_step_tokens(self) -> int:
+        return 1 + self.options.num_candidates
+
     def drafter(self) -> Drafter:
         o = self.options
         return self.budgeted(PromptLookupDrafter(o.max_ngram, o.num_candidates, o.match, self.output_eos_ids()), True)

@@ -118,6 +118,9 @@ class Speculative(Budgeted, DraftingMethod):
         check_same_tokenizer(target, self.draft)
         self.init_budget(target, self.options.num_draft, self.draft)
 
+    def max_step_tokens(self) -> int:
+        return 1 + (self.options.max_draft if self.options.adaptive else self.options.num_draft)
+
     def drafter(self) -> Drafter:
         o = self.options
         drafter = DraftModelDrafter(self.draft, o.num_draft, o.adaptive, self.sampler, max_draft=o.max_draft)
