@@ -80,13 +80,18 @@ reproduce-cpu: setup
 	$(BIN)/bench sweep results/configs/cpu-spec.yaml --no-report
 	$(BIN)/bench report results/cpu/runs --out results/cpu --against lookahead --against spec-bench --against llm-to-slm
 
-# The cost model on CPU (about 15 minutes here): the forward cost curve of smollm2-135m per kernel backend
-# (results/cpu/profile/), then pld with its hand-set draft length and with --budget auto on Spec-Bench's six groups;
+# The cost model on CPU (about 30 minutes here): the forward cost curve of smollm2-135m per kernel backend
+# (results/cpu/profile/) and compiled (results/cpu/profile-compile/), then pld with its hand-set draft length and with --budget auto on Spec-Bench's six groups,
+# with MKL's kernels and with oneDNN's (--kernels onednn, its own baseline);
 # the CPU table gains their rows and, for every run with per-forward step sizes, the predicted speedup.
 reproduce-budget-cpu: setup
 	$(BIN)/bench profile --model smollm2-135m --out results/cpu/profile
+	$(BIN)/bench profile --model smollm2-135m --compile --kernels aten --queries 1,2,4,8,16,32 \
+		--out results/cpu/profile-compile
 	$(BIN)/bench sweep results/configs/cpu-budget.yaml --no-report
-	$(BIN)/bench report results/cpu/runs --out results/cpu --against lookahead --against spec-bench --against llm-to-slm
+	$(BIN)/bench sweep results/configs/cpu-budget-onednn.yaml --no-report
+	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn --out results/cpu \
+		--against lookahead --against spec-bench --against llm-to-slm
 
 # Spec-Bench's per-group table (6 groups + overall) with 3 repeats, CPU-sized (about 25 minutes here).
 reproduce-specbench-groups: setup

@@ -16,11 +16,13 @@ from rich.table import Table
 from typer.models import CommandInfo
 
 from core.errors import BenchError
+from core.kernels import KERNELS
 from core.options import Spec
 from core.presets import DEFAULT_MODEL, DTYPE_NAMES
 from tasks.chat import shipped
 
 Dtype = StrEnum("Dtype", {name: name for name in DTYPE_NAMES})
+Kernels = StrEnum("Kernels", {name: name for name in KERNELS})
 Device = StrEnum("Device", {name: name for name in ("cpu", "cuda", *(f"cuda:{i}" for i in range(8)))})
 
 
@@ -46,6 +48,12 @@ def _fixed(
     ),
     threads: int | None = typer.Option(
         None, help="torch CPU threads (recorded; default: torch's).", rich_help_panel="Model"
+    ),
+    kernels: Kernels = typer.Option(
+        "aten",
+        help="Linear-layer kernels of both lanes: aten (MKL/cuBLAS) or onednn (CPU; `bench profile` "
+        "shows which is faster here).",
+        rich_help_panel="Model",
     ),
     compile: bool = typer.Option(
         False,

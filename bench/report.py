@@ -107,6 +107,8 @@ def settings_label(config: dict[str, Any], brief: bool = False) -> str:
         parts.append(f"T={config['temperature']}")
     if config.get("compile"):
         parts.append("compiled")
+    if config.get("kernels", "aten") != "aten":
+        parts.append(f"kernels={config['kernels']}")
     return " ".join(parts)
 
 

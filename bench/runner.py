@@ -55,6 +55,7 @@ class RunConfig:
     system_prompt: str | None = None  # replaces the chat template's system message
     threads: int | None = None  # torch CPU threads (None: torch's default)
     compile: bool = False  # compiled forwards (methods.compiled) for both lanes, graphs compiled before timing
+    kernels: str = "aten"  # the linear layers' kernels (core.kernels) of the target and draft, for both lanes
     limit: int | None = None
     warmup: int = 1
     repeats: int = 1  # generations of each prompt per lane (interleaved with the baseline's); records say which
@@ -74,6 +75,7 @@ class RunConfig:
             (self.top_k >= 0 and self.warmup >= 0, "--top-k and --warmup must be >= 0"),
             (self.dtype in models.DTYPES, f"unknown dtype {self.dtype!r}; choose one of {', '.join(models.DTYPES)}"),
             (not (self.compile and self.device_map), "--compile does not support --device-map"),
+            (not (self.compile and self.kernels != "aten"), "--compile generates its own kernels: drop --kernels"),
         ]
         for ok, message in checks:
             if not ok:
@@ -101,8 +103,7 @@ class RunConfig:
         d = dataclasses.asdict(self)
         for k in ("limit", "repeats", "out", "warmup", "data_dir"):
             d.pop(k)
-        if not d["compile"]:  # runs from before --compile keep their identity
-            d.pop("compile")
+        d = {k: v for k, v in d.items() if (k, v) not in (("compile", False), ("kernels", "aten"))}  # as older runs
         d["chat_template"] = chat.label(self.chat_template)  # a template file by its name; its sha256 is in extra
         return d
 
@@ -202,8 +203,8 @@ def _open_plan(
         import torch
 
         torch.set_num_threads(config.threads)
-    target = models.load(config.model, config.dtype, config.device, config.device_map)
-    draft = models.load(config.draft, config.dtype, config.device) if config.draft else None
+    target = models.load(config.model, config.dtype, config.device, config.device_map, config.kernels)
+    draft = models.load(config.draft, config.dtype, config.device, kernels=config.kernels) if config.draft else None
     method = method_cls.create(target, config.sampler(), config.options, draft)
     compiled = None
     if config.compile:  # before any run directory is touched: a model it cannot compile is refused here

@@ -136,18 +136,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load(spec: str, dtype: str = "float32", device: str = "cpu", device_map: str | None = None) -> LoadedModel:
+def load(spec: str, dtype: str = "float32", device: str = "cpu", device_map: str | None = None,
+         kernels: str = "aten") -> LoadedModel:  # fmt: skip
     """Load a preset name, a local folder, or a hub id; record the artifact it came from.
 
     `device_map` (e.g. "auto") lets accelerate place a large model across the GPUs of one node instead of moving
-    it to `device`; the placement is the model's `hf_device_map`."""
+    it to `device`; the placement is the model's `hf_device_map`. `kernels` picks the linear layers' kernels
+    (core.kernels: `onednn` on CPU); it is checked before loading and recorded in the artifact."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from core import kernels as kernel_lib
     from core.attention import use_ours
 
     hf_logging.disable_progress_bar()
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    kernel_lib.check(kernels, torch_device)
     artifact: dict[str, Any] = {"spec": spec, "dtype": dtype}
     if spec in PRESETS and PRESETS[spec].offline:
         path = fetch(spec)
@@ -178,4 +182,7 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu", device_map: str
     if artifact.get("source") == "hub":
         artifact["revision"] = getattr(model.config, "_commit_hash", None)
     artifact["attention"] = use_ours(model)  # one attention path for the baseline and every method
+    if kernels != "aten":
+        kernel_lib.apply(model, kernels)
+        artifact["kernels"] = kernels
     return LoadedModel(model, tokenizer, artifact)

@@ -122,3 +122,20 @@ def test_bench_profile_refuses_bad_input_with_one_line(args, message, tmp_path, 
     monkeypatch.setenv("DECODEBENCH_CACHE", str(tmp_path))
     code, _, err = bench(monkeypatch, capsys, "profile", *(["--shape", "tiny"] if "--shape" not in args else []), *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_with_onednn_kernels_is_exact_and_recorded(tiny_dir, data_dir, tmp_path):
+    from bench.runner import RunConfig, run
+    from core.files import read_json
+
+    out = tmp_path / "run"
+    config = RunConfig(method="pld", task="mtbench", model=str(tiny_dir), data_dir=str(data_dir), out=str(out),
+                       max_new_tokens=12, warmup=0, turns=1, limit=2, kernels="onednn")  # fmt: skip
+    method = run(config, progress=False).summaries[1]
+    assert method["exact_rate"] == 1.0  # both lanes on oneDNN: the baseline's own kernels
+    manifest = read_json(out / "manifest.json")
+    assert manifest["config"]["kernels"] == "onednn"
+    assert manifest["config"]["model_artifact"]["kernels"] == "onednn"
+    assert "kernels=onednn" in rep.settings_label(manifest["config"])
+    with pytest.raises(BenchError, match="drop --kernels"):
+        RunConfig(method="ar", task="mtbench", compile=True, kernels="onednn").validate()
