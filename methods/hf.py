@@ -202,6 +202,8 @@ class HFPromptLookupOptions(PromptLookupOptions):
     def check(self, owner: str) -> None:
         if self.match != "earliest":
             raise BenchError(f"--match must be one of earliest for {owner}, transformers' rule (got {self.match!r})")
+        if self.budget != "fixed":
+            raise BenchError(f"--budget must be fixed for {owner}: transformers drafts a fixed length")
 
 
 @register

@@ -136,9 +136,12 @@ def test_pld_equals_ar_for_every_match_rule(tiny, match, max_new):
 
 def test_pld_and_hf_pld_share_the_reference_defaults():
     pld, hf = METHODS.get("pld").Options(), METHODS.get("hf-pld").Options()
-    assert pld.as_dict() == hf.as_dict() == {"max_ngram": 3, "num_candidates": 10, "match": "earliest"}
+    defaults = {"max_ngram": 3, "num_candidates": 10, "match": "earliest", "budget": "fixed"}
+    assert pld.as_dict() == hf.as_dict() == defaults
     labels = [settings_label({"method": m, "options": o.as_dict()}) for m, o in (("pld", pld), ("hf-pld", hf))]
-    assert labels[0] == labels[1] == "max_ngram=3 candidates=10 match=earliest"
+    assert labels[0] == labels[1] == "max_ngram=3 candidates=10 match=earliest budget=fixed"
+    with pytest.raises(BenchError, match="--budget must be fixed for hf-pld"):
+        METHODS.get("hf-pld").Options.resolve({"budget": "auto"}, "hf-pld")
 
 
 def test_pld_drafts_as_hf_pld(tiny):
@@ -265,7 +268,8 @@ def test_adaptive_k_stays_at_least_one(tiny, draft, recorded_k):
 
 
 def test_max_draft_is_recorded_and_checked(tiny, draft):
-    assert METHODS.get("speculative").Options().as_dict() == {"num_draft": 5, "adaptive": False, "max_draft": 10}
+    defaults = {"num_draft": 5, "adaptive": False, "max_draft": 10, "budget": "fixed"}
+    assert METHODS.get("speculative").Options().as_dict() == defaults
     with pytest.raises(BenchError, match="--num-draft .* must be at most --max-draft"):
         METHODS.get("speculative").create(tiny, None, {"num_draft": 6, "adaptive": True, "max_draft": 5}, draft)
     with pytest.raises(BenchError, match="--max-draft must be at least 1"):
