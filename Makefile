@@ -103,7 +103,7 @@ reproduce-specbench-groups: setup
 # scored on the first 200 lines of newstest2014. The LLM as is runs interleaved with LLM-to-SLM in one process (the
 # speedup); the other systems run alone on the same lines. A named variant, --feature-norm, is trained and scored;
 # --llm-layer 12 and 18 (with --feature-norm) are 60-step probes, compared on the held-out loss. L2S_LLM_FT=yes adds the LLM fine-tuned with LoRA, same data and steps (about an hour more;
-# not in the committed table).
+# the committed table has it).
 L2S_STEPS ?= 160
 L2S_CKPT ?= ckpt
 L2S_LLM_FT ?=
