@@ -102,11 +102,11 @@ reproduce-specbench-groups: setup
 # bridge), against the same SLM fine-tuned alone with the same data (newstest2015-2019, 64 lines held out) and steps,
 # scored on the first 200 lines of newstest2014. The LLM as is runs interleaved with LLM-to-SLM in one process (the
 # speedup); the other systems run alone on the same lines. A named variant, --feature-norm, is trained and scored;
-# --llm-layer 12 and 18 (with --feature-norm) are 60-step probes, compared on the held-out loss. L2S_LLM_FT=yes adds the LLM fine-tuned with LoRA, same data and steps (about an hour more;
-# the committed table has it).
+# --llm-layer 12 and 18 (with --feature-norm) are 60-step probes, compared on the held-out loss. The LLM fine-tuned with LoRA, same data and steps, is in the
+# committed table (about an hour more; L2S_LLM_FT= skips it).
 L2S_STEPS ?= 160
 L2S_CKPT ?= ckpt
-L2S_LLM_FT ?=
+L2S_LLM_FT ?= yes
 L2S_PROBE_LAYERS ?= 12 18
 L2S_TRAIN = --task wmt --steps $(L2S_STEPS) --lr 2e-4 --eval-samples 64 --eval-every 20 --save-every 40
 L2S_EVAL = --task wmt --limit 200 --max-new-tokens 96
