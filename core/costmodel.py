@@ -62,9 +62,15 @@ class CostCurve:
             raise BenchError(f"{path} has no rows for kernels {backend!r}: run `bench profile --kernels {backend}`")
         return cls(rows)
 
-    def ms(self, q: float, context: float) -> float:
-        by_context = [np.interp(q, self.queries, row) for row in self.table]
-        return float(np.interp(context, self.contexts, by_context))
+    def ms(self, q: Any, context: float) -> Any:
+        """c(q, L) in ms; `q` may be an array (one cost per entry, one interpolation in L for all)."""
+        pos = float(np.interp(context, self.contexts, np.arange(len(self.contexts))))
+        lo, frac = int(pos), pos - int(pos)
+        hi = min(lo + 1, len(self.contexts) - 1)
+        cost = (1 - frac) * np.interp(q, self.queries, self.table[lo]) + frac * np.interp(
+            q, self.queries, self.table[hi]
+        )
+        return float(cost) if np.ndim(cost) == 0 else cost
 
     def ratio(self, q: float, context: float) -> float:
         """c(q, L) / c(1, L): what a forward of q tokens costs in autoregressive steps."""

@@ -65,7 +65,7 @@ class BudgetPolicy:
         alpha = (self.taken + 1) / (self.reached + 2)
         tokens = 1 + np.concatenate([[0.0], np.cumsum(np.cumprod(alpha))])
         ks = np.arange(self.max_k + 1)
-        cost = np.array([self.curve.ms(1 + k, context) for k in ks])
+        cost = self.curve.ms(1 + ks, context)
         if self.draft is not None:
             cost += ks * self.draft.ms(1, context)
         return tokens / cost
