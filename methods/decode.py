@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from core.timing import Timer
+from methods import verify
 from methods.attention import step_mask
 from methods.kvcache import keep, new_cache
 
@@ -100,10 +101,27 @@ class Draft:
     visible: torch.Tensor | None = None
     probs: torch.Tensor | None = None
     read: list[int] | None = None
+    top: torch.Tensor | None = None  # set by the engine for a drafter with `topk` (see Drafter)
 
     @classmethod
     def chain(cls, tokens: list[int], probs: torch.Tensor | None = None) -> Draft:
         return cls(tokens, [list(range(len(tokens)))], probs=probs)
+
+    @classmethod
+    def tree(cls, tokens: list[int], parents: list[int]) -> Draft:
+        """A token tree: node i holds `tokens[i]` under node `parents[i]` (-1: under the pending token; a parent
+        comes before its children). Each node sits at its depth and sees its ancestors; every root-to-leaf chain
+        is a candidate path."""
+        n = len(tokens)
+        visible = torch.eye(n, dtype=torch.bool)
+        depth = [0] * n
+        for i, parent in enumerate(parents):
+            if parent >= 0:
+                visible[i] |= visible[parent]
+                depth[i] = depth[parent] + 1
+        leaves = sorted(set(range(n)) - set(parents))
+        paths = [visible[leaf].nonzero().flatten().tolist() for leaf in leaves]
+        return cls(tokens, paths, [d + 1 for d in depth], visible)
 
 
 class Drafter(Protocol):
@@ -119,7 +137,8 @@ class Drafter(Protocol):
     def observe(self, draft: Draft, predicted: list[int], accepted: list[int]) -> None:
         """After verification: the target's argmax after the pending token and after each draft token
         (`predicted[0]`, `predicted[1 + i]`; -1 for a token whose output was not computed: see `Draft.read`), and
-        the indices of the accepted draft tokens."""
+        the indices of the accepted draft tokens. A drafter with a class attribute `topk` > 0 also finds the
+        target's top-`topk` token ids per step row in `draft.top` (rows as in `predicted`; -1 where not computed)."""
         ...
 
 
@@ -147,85 +166,6 @@ def _attention(
     chain = torch.ones(n, n, dtype=torch.bool).tril()
     visible[m:, m:] = (draft.visible if draft.visible is not None else chain).to(device)
     return positions.unsqueeze(0), step_mask(visible, positions, cached, model, cache)
-
-
-def _verify_greedy(draft: Draft, predicted: list[int]) -> list[int]:
-    """Indices of the longest candidate path that agrees with the target's argmax."""
-    best: list[int] = []
-    for path in draft.paths:
-        n, row = 0, 0
-        while n < len(path) and draft.tokens[path[n]] == predicted[row]:
-            row = path[n] + 1
-            n += 1
-        if n > len(best):
-            best = path[:n]
-    return best
-
-
-def _verify_sampling(
-    draft: Draft, logits: torch.Tensor, rows: dict[int, int], sampler: Sampler
-) -> tuple[list[int], int]:
-    """Rejection sampling over the candidate paths as a token trie: returns the accepted indices and the next token.
-
-    At each node the target distribution p is tested against each distinct child token x: accepted with
-    probability min(1, p(x)/q(x)) (q one-hot for deterministic drafts); on rejection p becomes the normalised
-    residual max(p - q, 0). After the last accepted node, the next token is drawn from p (or the residual).
-    Paths that agree on the accepted tokens all stay candidates, whichever draft index holds them (the target's
-    distribution after a prefix does not depend on where in the draft the prefix was computed). `rows` maps a
-    step row (0: the pending token, 1 + i: draft token i) to its row in `logits`.
-    """
-    accepted: list[int] = []
-    alive, depth, row = draft.paths, 0, 0
-    while True:
-        p = sampler.probs(logits[rows[row]])
-        children: dict[int, int] = {}
-        for path in alive:
-            if len(path) > depth:
-                children.setdefault(draft.tokens[path[depth]], path[depth])
-        chosen = None
-        for token, index in children.items():
-            q = draft.probs[index].to(p.device).float() if draft.probs is not None else None
-            ratio = p[token] / q[token] if q is not None else p[token]
-            if sampler.uniform() < float(ratio):
-                chosen = index
-                break
-            if q is None:
-                p = p.clone()
-                p[token] = 0.0
-            else:
-                p = (p - q).clamp_min(0.0)
-            total = p.sum()
-            # a zero residual only happens by rounding; the target distribution is then the right fallback
-            p = sampler.probs(logits[rows[row]]) if total <= 0 else p / total
-        if chosen is None:
-            return accepted, sampler.sample(p)
-        accepted = next(path for path in alive if len(path) > depth and path[depth] == chosen)[: depth + 1]
-        token = draft.tokens[chosen]
-        alive = [path for path in alive if len(path) > depth and draft.tokens[path[depth]] == token]
-        depth, row = depth + 1, chosen + 1
-
-
-def _read_rows(draft: Draft) -> list[int] | None:
-    """The step rows whose next-token outputs are read (None: all): the pending token, every path token and the
-    drafter's `read` tokens."""
-    if draft.read is None:
-        return None
-    return sorted({0} | {1 + i for path in draft.paths for i in path} | {1 + i for i in draft.read})
-
-
-class _Identity(dict):
-    """Every step row is its own logits row (all rows were computed)."""
-
-    def __missing__(self, row: int) -> int:
-        return row
-
-
-def _scatter(values: list[int], rows: list[int], size: int) -> list[int]:
-    """`values` (one per read row) at their rows of a list of `size`; -1 where nothing was computed."""
-    out = [-1] * size
-    for row, value in zip(rows, values, strict=True):
-        out[row] = value
-    return out
 
 
 class Target(Protocol):
@@ -266,7 +206,7 @@ class EagerTarget:
             return model(ids, past_key_values=cache, logits_to_keep=1).logits[0], None
         prefix = len(inputs) - 1
         step = torch.tensor([[*inputs, *draft.tokens]], device=self.device)
-        read = _read_rows(draft)
+        read = verify.read_rows(draft)
         rows = 1 + len(draft.tokens) if read is None else torch.tensor([prefix + r for r in read], device=self.device)
         if draft.positions is None and draft.visible is None:
             return model(step, past_key_values=cache, logits_to_keep=rows).logits[0], read
@@ -280,19 +220,27 @@ class EagerTarget:
 
 
 def _verify_step(
-    target: Target, inputs: list[int], cached: int, draft: Draft, sampler: Sampler | None
+    target: Target, inputs: list[int], cached: int, draft: Draft, sampler: Sampler | None, topk: int = 0
 ) -> tuple[list[int], list[int], int]:
     """One target forward over `inputs` (uncached tokens, the pending one last) and the draft; keeps the
-    accepted positions in the cache. Returns the target's argmax per step row, the accepted indices, the next token."""
+    accepted positions in the cache. Returns the target's argmax per step row, the accepted indices, the next token.
+    With `topk`, `draft.top` gets the top-`topk` token ids per step row."""
     logits, read = target.forward(inputs, cached, draft)
     argmax = logits.argmax(-1).tolist()
-    predicted = argmax if read is None else _scatter(argmax, read, len(draft.tokens) + 1)
+    if topk:
+        top = logits.topk(topk, dim=-1).indices.cpu()
+        draft.top = (
+            top
+            if read is None
+            else torch.full((len(draft.tokens) + 1, topk), -1).index_copy_(0, torch.tensor(read), top)
+        )
+    predicted = argmax if read is None else verify.scatter(argmax, read, len(draft.tokens) + 1)
     if sampler is None:
-        path = _verify_greedy(draft, predicted)
+        path = verify.greedy(draft, predicted)
         following = predicted[path[-1] + 1 if path else 0]
     else:
-        index = dict(zip(read, range(len(read)), strict=True)) if read is not None else _Identity()
-        path, following = _verify_sampling(draft, logits, index, sampler)
+        index = dict(zip(read, range(len(read)), strict=True)) if read is not None else verify.Identity()
+        path, following = verify.sampling(draft, logits, index, sampler)
     target.keep(cached + len(inputs) - 1, len(draft.tokens), path)
     return predicted, path, following
 
@@ -331,7 +279,8 @@ def verify_loop(
             logits = target.forward(inputs, cached, None)[0][-1]
             new = [int(logits.argmax()) if sampler is None else sampler.sample(sampler.probs(logits))]
         else:
-            predicted, path, following = _verify_step(target, inputs, cached, draft, sampler)
+            topk = getattr(drafter, "topk", 0)
+            predicted, path, following = _verify_step(target, inputs, cached, draft, sampler, topk)
             drafter.observe(draft, predicted, path)
             new = [draft.tokens[i] for i in path] + [following]
         start = len(tokens)

@@ -150,3 +150,48 @@ def test_sampler_top_k_top_p():
     assert (probs[:2] > 0).all() and (probs[2:] == 0).all()
     probs = Sampler(temperature=0.5).probs(logits)
     assert torch.allclose(probs, torch.softmax(logits / 0.5, -1))
+
+
+def test_tree_draft_layout():
+    # root a (0) with children b (1) and c (2); b has child d (3); a second root e (4)
+    draft = Draft.tree([10, 11, 12, 13, 14], [-1, 0, 0, 1, -1])
+    assert draft.paths == [[0, 2], [0, 1, 3], [4]]
+    assert draft.positions == [1, 2, 2, 3, 1]
+    assert draft.visible[3].tolist() == [True, True, False, True, False]
+    assert draft.visible[2].tolist() == [True, False, True, False, False]
+
+
+class TreeOracle:
+    """A token tree per step: wrong siblings around the true continuation, which hides in the last branch."""
+
+    topk = 3
+
+    def __init__(self, prompt_len: int, truth: list[int]) -> None:
+        self.prompt_len, self.truth = prompt_len, truth
+        self.draft_forwards = 0
+        self.tops: list[torch.Tensor] = []
+
+    def propose(self, context: list[int], budget: int) -> Draft:
+        done = len(context) - self.prompt_len
+        true = self.truth[done : done + min(3, budget)]
+        wrong = [(t + 1) % 300 for t in true]
+        tokens = [wrong[0], *true]  # a wrong root, then the true chain
+        parents = [-1, -1, *range(1, len(true))]
+        if len(true) > 1:  # a wrong sibling of the true second token
+            tokens.append(wrong[1])
+            parents.append(1)
+        return Draft.tree(tokens, parents)
+
+    def observe(self, draft: Draft, predicted: list[int], accepted: list[int]) -> None:
+        assert draft.top is not None and draft.top.shape == (len(draft.tokens) + 1, 3)
+        assert draft.top[:, 0].tolist() == predicted  # the top-1 of each row is the target's argmax
+        self.tops.append(draft.top)
+
+
+def test_tree_drafts_verify_losslessly_and_get_the_top_k(tiny):
+    ids = tiny.tokenizer(PROMPTS[0])["input_ids"]
+    truth = Autoregressive(tiny, None).generate(ids, StopRule(40), Timer()).tokens
+    drafter = TreeOracle(len(ids), truth)
+    result = verify_loop(tiny.model, ids, StopRule(30), Timer(), drafter=drafter)
+    assert result.tokens == truth[:30]
+    assert max(result.accepted) == 4 and len(drafter.tops) == len(result.accepted)

@@ -13,7 +13,7 @@ from bench import report as rep
 from bench.against import load_reference
 from bench.runner import RunConfig, run
 from bench.store import SAMPLES
-from methods import decode
+from methods import verify
 from tests.test_cli import bench
 
 
@@ -168,14 +168,14 @@ def test_check_passes_on_itself_and_fails_on_an_injected_regression(
     assert code == 0 and "OK" in stdout
 
     # Inject a bug: greedy verification accepts one more draft token than the target agrees with.
-    real = decode._verify_greedy
+    real = verify.greedy
 
     def sloppy(draft, predicted):
         path = real(draft, predicted)
         first = draft.paths[0]
         return path if len(path) >= len(first) else first[: len(path) + 1]
 
-    monkeypatch.setattr(decode, "_verify_greedy", sloppy)
+    monkeypatch.setattr(verify, "greedy", sloppy)
     folder = next((out / "mtbench").iterdir())
     broken = tmp_path / "broken" / "mtbench" / folder.name / "pld"
     config = RunConfig(method="pld", task="mtbench", model=str(tiny_dir), data_dir=str(data_dir), limit=3, turns=1,
