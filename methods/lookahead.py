@@ -22,8 +22,10 @@ prefill with the first step), so the first Jacobi level is computed with the pro
 
 Named improvements (off by default; recorded in the run's settings): `prompt_ngrams` (the reference's
 POOL_FROM_PROMPT: seed the pool with the prompt's n-grams and add the n-gram ending at each committed token),
-`commit_full` (commit up to N tokens per step: the target's token after a fully matched guess too), and
-`share_prefixes` (guesses that share a prefix become one token trie, so no token is computed twice).
+`commit_full` (commit up to N tokens per step: the target's token after a fully matched guess too),
+`share_prefixes` (guesses that share a prefix become one token trie, so no token is computed twice), and
+`budget=auto` (methods.lookahead_budget: per step, the number of guesses, most recent first and cut to the tokens
+a step can accept, and whether the window runs, chosen from the cost curve; a step without either is an AR step).
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from core.models import LoadedModel
 from core.options import Options, option
 from methods.base import DraftingMethod, register
-from methods.decode import Draft
+from methods.budget import BUDGETS, curve_for
+from methods.decode import Draft, Sampler
+from methods.lookahead_budget import LookaheadBudget
 
 
 def _window() -> int:
@@ -51,6 +57,12 @@ class LookaheadOptions(Options):
     prompt_ngrams: bool = option(False, "seed the pool with the prompt's n-grams and add each output n-gram")
     commit_full: bool = option(False, "commit up to N tokens per step (the reference commits at most N-1)")
     share_prefixes: bool = option(False, "verify guesses with a shared prefix as one token trie")
+    budget: str = option(
+        "fixed",
+        "fixed: the window and every guess each step (the reference); auto: per step, how many guesses and whether "
+        "the window runs, from the cost curve (`bench profile`) and the acceptance so far (none: an AR step)",
+        choices=BUDGETS,
+    )
 
 
 @dataclass(frozen=True)
@@ -60,23 +72,27 @@ class JacobiOptions(Options):
 
 class NgramPool:
     """Up to `size` n-gram tails per first token, in insertion order; re-inserting one moves it to the end and the
-    oldest leaves when a key is full (the reference's `GUESS_SET_SIZE` LRU lists)."""
+    oldest leaves when a key is full (the reference's `GUESS_SET_SIZE` LRU lists). Each tail remembers whether the
+    window made it (last insertion wins)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.grams: dict[int, dict[tuple[int, ...], None]] = {}
+        self.grams: dict[int, dict[tuple[int, ...], bool]] = {}
 
-    def add(self, gram: tuple[int, ...]) -> None:
+    def add(self, gram: tuple[int, ...], from_window: bool = True) -> None:
         if self.size <= 0:
             return
         tails = self.grams.setdefault(gram[0], {})
         tails.pop(gram[1:], None)
-        tails[gram[1:]] = None
+        tails[gram[1:]] = from_window
         if len(tails) > self.size:
             del tails[next(iter(tails))]
 
     def get(self, key: int) -> list[tuple[int, ...]]:
         return list(self.grams.get(key, ()))
+
+    def from_window(self, key: int, tail: tuple[int, ...]) -> bool:
+        return self.grams.get(key, {}).get(tail, False)
 
 
 def guess_tree(guesses: list[tuple[int, ...]], start: int, share: bool) -> tuple[list[int], list[int], list[list[int]]]:
@@ -122,12 +138,17 @@ class LookaheadDrafter:
 
     draft_forwards = 0
 
-    def __init__(self, options: LookaheadOptions, seed: int = 0) -> None:
+    def __init__(self, options: LookaheadOptions, seed: int = 0, policy: LookaheadBudget | None = None) -> None:
         self.o = options
         self.rng = random.Random(seed)
         self.levels: list[list[int]] = []  # level 0 without the pending token, then levels 1..
         self.pool = NgramPool(options.guess)
         self.context: list[int] = []
+        self.policy = policy
+        self.chosen: list[int] | None = [] if policy is not None else None  # guesses verified per step (auto)
+        self.window = True  # whether this step runs the window
+        self.paths: list[list[int]] = []  # this step's path per guess
+        self.origins: list[bool] = []  # whether the window made each guess (auto)
 
     @property
     def full(self) -> bool:
@@ -137,19 +158,37 @@ class LookaheadDrafter:
         self.levels = [[self.rng.choice(context) for _ in range(self.o.window + self.o.ngram - 3)]]
         if self.o.prompt_ngrams:
             for i in range(len(context) - self.o.ngram + 1):
-                self.pool.add(tuple(context[i : i + self.o.ngram]))
+                self.pool.add(tuple(context[i : i + self.o.ngram]), from_window=False)
 
-    def propose(self, context: list[int], budget: int) -> Draft:
+    def _budget(self, key: int, guesses: list[tuple[int, ...]], cut: int) -> list[tuple[int, ...]]:
+        """`budget=auto`: the guesses to verify (most recent first, cut to `cut` tokens); sets whether the window
+        runs."""
+        ranked: dict[tuple[int, ...], bool] = {}
+        for tail in reversed(guesses):
+            ranked.setdefault(tail[:cut], self.pool.from_window(key, tail))
+        tails = list(ranked)
+        sizes = [len(guess_tree(tails[:g], 0, self.o.share_prefixes)[0]) for g in range(len(tails) + 1)]
+        g, self.window = self.policy.choose(len(self.context), sizes, sum(map(len, self.levels)))
+        self.chosen.append(g)
+        self.origins = list(ranked.values())[:g]
+        return tails[:g]
+
+    def propose(self, context: list[int], budget: int) -> Draft | None:
         if not self.levels:
             self._start(context)
         self.context = context
-        offsets, where, window_visible = window_layout(tuple(len(row) for row in self.levels))
-        tokens = [t for row in self.levels for t in row]
-        n_window = len(tokens)
         guesses = self.pool.get(context[-1]) if self.full and budget > 0 else []
-        g_tokens, parents, g_paths = guess_tree(guesses, n_window, self.o.share_prefixes)
         accept = self.o.ngram - (1 if self.o.commit_full else 2)  # guess tokens one step may accept
-        paths = [path[: min(accept, budget)] for path in g_paths]
+        if self.policy is not None:
+            guesses = self._budget(context[-1], guesses, min(accept, budget))
+            if not guesses and not self.window:
+                return None
+        levels = self.levels if self.window else []
+        offsets, where, window_visible = window_layout(tuple(len(row) for row in levels))
+        tokens = [t for row in levels for t in row]
+        n_window = len(tokens)
+        g_tokens, parents, g_paths = guess_tree(guesses, n_window, self.o.share_prefixes)
+        self.paths = [path[: min(accept, budget)] for path in g_paths]
         visible = torch.zeros(n_window + len(g_tokens), n_window + len(g_tokens), dtype=torch.bool)
         visible[:n_window, :n_window] = window_visible
         depths = []
@@ -159,20 +198,35 @@ class LookaheadDrafter:
             if parent >= 0:
                 visible[node] |= visible[parent]
             depths.append(1 if parent < 0 else depths[parent - n_window] + 1)
-        top = len(self.levels) - 1
-        read = [where[(top, c)] for c in range(1 if top == 0 else 0, len(self.levels[0]) + 1)]
-        return Draft(tokens + g_tokens, [p for p in paths if p], offsets + depths, visible, read=read)
+        top = len(levels) - 1
+        read = [where[(top, c)] for c in range(1 if top == 0 else 0, len(levels[0]) + 1)] if levels else []
+        return Draft(tokens + g_tokens, [p for p in self.paths if p], offsets + depths, visible, read=read)
 
     def _outputs(self, draft: Draft, predicted: list[int]) -> list[int]:
         """The target's next token after each column of the top level (level 0: column 0 is the pending token)."""
         outputs = [predicted[1 + i] for i in draft.read]
         return [predicted[0], *outputs] if len(self.levels) == 1 else outputs
 
+    def _learn(self, draft: Draft, predicted: list[int], accepted: list[int]) -> None:
+        """`budget=auto`: tell the policy each guess's match length and what the window's n-grams gave."""
+        matches = []
+        for path in self.paths:
+            n, row = 0, 0
+            while n < len(path) and draft.tokens[path[n]] == predicted[row]:
+                row, n = path[n] + 1, n + 1
+            matches.append(n)
+        j = next((j for j, path in enumerate(self.paths) if accepted and path[: len(accepted)] == accepted), None)
+        self.policy.update(matches, self.window, len(accepted) if j is not None and self.origins[j] else 0)
+
     def observe(self, draft: Draft, predicted: list[int], accepted: list[int]) -> None:
-        outputs = self._outputs(draft, predicted)
-        if not self.full:  # warm-up: every level loses its first column, the top level's outputs become a level
+        if self.policy is not None:
+            self._learn(draft, predicted, accepted)
+        # warm-up: every level loses its first column, the top level's outputs become a level
+        if self.window and not self.full:
+            outputs = self._outputs(draft, predicted)
             self.levels = [row[1:] for row in self.levels] + [outputs[1:]]
-        else:
+        elif self.window:
+            outputs = self._outputs(draft, predicted)
             for c, key in enumerate([self.context[-1], *self.levels[0]]):
                 self.pool.add((key, *(row[c] for row in self.levels[1:]), outputs[c]))
             self.levels = [self.levels[1][1:], *self.levels[2:], outputs] if len(self.levels) > 1 else [outputs[1:]]
@@ -180,7 +234,7 @@ class LookaheadDrafter:
             following = predicted[accepted[-1] + 1 if accepted else 0]
             history = self.context + [draft.tokens[i] for i in accepted] + [following]
             for end in range(max(len(self.context) + 1, self.o.ngram), len(history) + 1):
-                self.pool.add(tuple(history[end - self.o.ngram : end]))
+                self.pool.add(tuple(history[end - self.o.ngram : end]), from_window=False)
 
 
 class JacobiDrafter:
@@ -211,8 +265,23 @@ class Lookahead(DraftingMethod):
     family = "lookahead"
     Options = LookaheadOptions
 
+    def __init__(self, target: LoadedModel, sampler: Sampler | None, options: LookaheadOptions | None = None,
+                 draft: LoadedModel | None = None) -> None:  # fmt: skip
+        super().__init__(target, sampler, options, draft)
+        self.policy = self._policy(compiled=False)
+
+    def _policy(self, compiled: bool) -> LookaheadBudget | None:
+        """`budget=auto`: one policy for the whole run, on the (compiled) target's cost curve."""
+        if self.options.budget != "auto":
+            return None
+        return LookaheadBudget(curve_for(self.target, compiled), self.options.guess)
+
+    def use_compiled(self, compiled: Any) -> None:
+        super().use_compiled(compiled)
+        self.policy = self._policy(compiled=True)
+
     def drafter(self) -> LookaheadDrafter:
-        return LookaheadDrafter(self.options)
+        return LookaheadDrafter(self.options, policy=self.policy)
 
 
 @register
