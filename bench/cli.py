@@ -14,6 +14,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from bench.cli_datastore import datastore_app
 from bench.cli_profile import profile_command
 from core.errors import BenchError
 from core.presets import PRESETS, is_cached
@@ -145,6 +146,7 @@ def sweep(
 
 
 app.command("profile")(guarded(profile_command))
+app.add_typer(datastore_app(guarded), name="datastore")
 
 
 @app.command()

@@ -94,10 +94,11 @@ def settings_label(config: dict[str, Any], brief: bool = False) -> str:
     the options with a paper label (W, N, G, k, candidates) and the others only where they are not the default."""
     options = config.get("options", {})
     try:
-        specs = {s.name: s for s in METHODS.get(config["method"]).Options.specs()}
+        schema = METHODS.get(config["method"]).Options
+        specs, unread = {s.name: s for s in schema.specs()}, schema.unread(options)
     except BenchError:  # a method this installation does not have (a plugin): its option names as they are
-        specs = {}
-    order = [n for n in specs if n in options] + sorted(set(options) - set(specs))
+        specs, unread = {}, set()
+    order = [n for n in specs if n in options and n not in unread] + sorted(set(options) - set(specs))
     if brief:
         order = [n for n in order if n not in specs or specs[n].label != n or options[n] != specs[n].default]
     parts = [f"{specs[k].label if k in specs else k}={options[k]}" for k in order]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import environment
@@ -200,8 +201,6 @@ def _open_plan(
 ) -> Plan:
     method_cls = METHODS.get(config.method)
     if config.threads:
-        import torch
-
         torch.set_num_threads(config.threads)
     target = models.load(config.model, config.dtype, config.device, config.device_map, config.kernels)
     draft = models.load(config.draft, config.dtype, config.device, kernels=config.kernels) if config.draft else None
@@ -214,6 +213,7 @@ def _open_plan(
     env = environment.describe(target.device)
     prompt_template = task.use_template(config.chat_template, target.tokenizer, config.system_prompt)
     extra = {"model_artifact": target.artifact, "task_data": task_data, "prompt_template": prompt_template}
+    extra |= {"method_manifest": manifest} if (manifest := method.manifest()) else {}  # e.g. REST's datastore
     if config.device_map:
         placement = getattr(target.model, "hf_device_map", None) or {"": target.device}  # one device: no map
         extra["placement"] = {k: str(v) for k, v in placement.items()}
@@ -267,9 +267,10 @@ def measure(p: Plan, progress: bool = True) -> None:
         if p.compiled is not None:  # every graph the timed part runs, compiled now; a later compile is an error
             p.compile_s = {lane.role: lane.method.warm_up_compiled(first) for lane in p.lanes}
             p.compiled.seal()
-        for _ in range(p.config.warmup):
-            for lane in p.lanes:
+        for lane in p.lanes:  # warm up; then the method forgets what the warm-up taught it (e.g. suffix's tree)
+            for _ in range(p.config.warmup):
                 _decode(p, lane.method, first, min(16, p.config.max_new_tokens))
+            lane.method.end_warm_up()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress) as bar:
         job = bar.add_task(f"{p.config.method} on {p.config.task}", total=len(p.samples))
@@ -293,14 +294,8 @@ def _measure_turns(p: Plan, lane: Lane, sample: Sample, repeat: int = 1) -> None
             decoded = _decode(p, lane.method, ids, p.config.max_new_tokens)
             text = lane.method.output_tokenizer.decode(decoded.tokens, skip_special_tokens=True)
             record = generation_record(lane.role, lane.method.name, pid, decoded, text)
-            record |= {
-                "sample_id": sample.id,
-                "turn": t + 1,
-                "repeat": repeat,
-                "prompt_tokens": len(ids),
-                "prompt_ids": ids,
-            }
-            record["category"] = sample.meta.get("category")
+            record |= {"sample_id": sample.id, "turn": t + 1, "repeat": repeat, "prompt_tokens": len(ids),
+                       "prompt_ids": ids, "category": sample.meta.get("category")}  # fmt: skip
             reference = baseline.store.get("baseline", pid) if baseline and lane is not baseline else None
             if reference and lane.method.sampler is None and lane.method.lossless:
                 record.update(exactness(p.target.model, ids, reference["token_ids"], decoded.tokens))

@@ -91,6 +91,11 @@ class Options:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def unread(cls, values: dict[str, Any]) -> set[str]:
+        """Options these values make irrelevant (left out of settings labels), e.g. a tree's shape for a chain."""
+        return set()
+
 
 def _unwrap(hint: Any) -> tuple[type, bool]:
     """(the value type, whether None is allowed) of `int`, `int | None`, `Optional[str]` ..."""

@@ -91,6 +91,15 @@ class Method(ABC):
         """The tokenizer of the generated ids (the target's, unless the method generates with another model)."""
         return self.target.tokenizer
 
+    def manifest(self) -> dict[str, Any]:
+        """What the run's manifest records about the method's own inputs (e.g. REST's datastore); {}: nothing."""
+        return {}
+
+    def end_warm_up(self) -> None:
+        """Called after the untimed warm-up generations: drop state they left that would favour the timed ones
+        (state a paper's reference keeps across its warm-up too, e.g. Token Recycling's matrix, stays)."""
+        return None
+
     def output_eos_ids(self) -> frozenset[int]:
         """End-of-sequence ids in the output vocabulary."""
         return frozenset(self.target.eos_ids())

@@ -18,7 +18,7 @@ from bench.runner import RunConfig
 from bench.store import RunStore
 from core.errors import BenchError
 from core.timing import Timing
-from methods.base import Decoded
+from methods.base import METHODS, Decoded
 from tasks.base import TASKS
 
 SXM4, PCIE = "NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe"
@@ -214,7 +214,7 @@ def test_against_marks_other_models_and_hardware_not_comparable(runs):
 def test_claim_settings_parse_into_the_methods_options():
     assert claim_setup("pld", "candidates=10 max_ngram=3") == claim_setup("pld", "max_ngram=3 num_candidates=10")
     setup = claim_setup("speculative", "draft=double7/vicuna-68m T=0.7")
-    assert setup.options == {"num_draft": 5, "adaptive": False, "max_draft": 10, "budget": "fixed"}
+    assert setup.options == METHODS.get("speculative").Options().as_dict()
     assert (setup.draft, setup.temperature) == ("double7/vicuna-68m", 0.7)
     assert claim_setup("lookahead", "W=7 prompt_ngrams=true").options["prompt_ngrams"] is True
     assert claim_setup("medusa", "anything").options is None  # not installed: nothing can match it

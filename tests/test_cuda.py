@@ -23,7 +23,7 @@ from core.timing import Timer
 from methods.base import METHODS, Method
 from methods.decode import Draft, Sampler, StopRule, _attention
 from methods.kvcache import new_cache
-from tests.conftest import make_model
+from tests.conftest import CORPUS, make_model
 
 CUDA = torch.cuda.is_available()
 NO_CUDA = "CUDA is not available on this machine"
@@ -60,11 +60,31 @@ def pair(device: str, tiny_tokenizer) -> tuple[LoadedModel, LoadedModel]:
     return loaded[0], loaded[1]
 
 
-def build(name: str, pair: tuple[LoadedModel, LoadedModel], sampler: Sampler | None = None) -> Method:
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory, tiny_dir) -> dict[str, dict[str, str]]:
+    """The options of methods that need an input file: REST's datastore, built from the tiny corpus."""
+    pytest.importorskip("pydivsufsort")
+    from bench.datastore import build as build_datastore
+
+    text = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    text.write_text("\n\n".join(CORPUS))
+    store = tmp_path_factory.mktemp("datastore") / "ds"
+    build_datastore(str(tiny_dir), [text], store, echo=lambda _: None)
+    return {"rest": {"datastore": str(store)}}
+
+
+def needed(request: pytest.FixtureRequest, name: str) -> dict[str, dict[str, str]] | None:
+    """The `inputs` fixture for a method that needs an input file (built, or skipped, only then)."""
+    return request.getfixturevalue("inputs") if name == "rest" else None
+
+
+def build(name: str, pair: tuple[LoadedModel, LoadedModel], sampler: Sampler | None = None,
+          inputs: dict[str, dict[str, str]] | None = None) -> Method:  # fmt: skip
     """Method `name` at its default options on the pair's target (with the pair's draft if it takes one)."""
     target, draft = pair
     cls = METHODS.get(name)
-    return cls.create(target, sampler, draft=draft if cls.uses_draft else None)
+    options = (inputs or {}).get(name, {})
+    return cls.create(target, sampler, options, draft=draft if cls.uses_draft else None)
 
 
 def synchronize(device: str) -> None:
@@ -119,11 +139,11 @@ def test_generation_timing_is_plausible(pair: tuple[LoadedModel, LoadedModel], d
 
 
 @pytest.mark.parametrize("name", LOSSLESS)
-def test_lossless_greedy_equals_ar(pair: tuple[LoadedModel, LoadedModel], device: str, name: str) -> None:
+def test_lossless_greedy_equals_ar(pair: tuple[LoadedModel, LoadedModel], device: str, name: str, request) -> None:
     target = pair[0]
     prompts, max_new, _ = SIZE[device]
     stop = StopRule(max_new, frozenset(target.eos_ids()))
-    method, ar = build(name, pair), build("ar", pair)
+    method, ar = build(name, pair, inputs=needed(request, name)), build("ar", pair)
     for prompt in prompts:
         ids = target.tokenizer(prompt)["input_ids"]
         expected = ar.generate(ids, stop, Timer(device)).tokens
@@ -133,10 +153,10 @@ def test_lossless_greedy_equals_ar(pair: tuple[LoadedModel, LoadedModel], device
 
 
 @pytest.mark.parametrize("name", LOSSLESS)
-def test_sampling_gives_valid_ids(pair: tuple[LoadedModel, LoadedModel], device: str, name: str) -> None:
+def test_sampling_gives_valid_ids(pair: tuple[LoadedModel, LoadedModel], device: str, name: str, request) -> None:
     target = pair[0]
     sampler = Sampler(temperature=0.8, top_k=50, top_p=0.95, seed=0)
-    method = build(name, pair, sampler)
+    method = build(name, pair, sampler, needed(request, name))
     prompts, max_new, _ = SIZE[device]
     stop = StopRule(max_new, frozenset(target.eos_ids()))
     for prompt in prompts:

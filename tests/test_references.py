@@ -268,7 +268,8 @@ def test_adaptive_k_stays_at_least_one(tiny, draft, recorded_k):
 
 
 def test_max_draft_is_recorded_and_checked(tiny, draft):
-    defaults = {"num_draft": 5, "adaptive": False, "max_draft": 10, "budget": "fixed"}
+    defaults = {"num_draft": 5, "adaptive": False, "max_draft": 10, "budget": "fixed", "tree": "none",
+                "branching": "3,2,1,1", "depth": 5, "children": 4, "frontier": 4, "max_nodes": 20}  # fmt: skip
     assert METHODS.get("speculative").Options().as_dict() == defaults
     with pytest.raises(BenchError, match="--num-draft .* must be at most --max-draft"):
         METHODS.get("speculative").create(tiny, None, {"num_draft": 6, "adaptive": True, "max_draft": 5}, draft)
