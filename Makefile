@@ -10,7 +10,7 @@ export DECODEBENCH_DATA ?= $(abspath ../shared/data)
 endif
 
 .PHONY: setup test lint format demo bench-timer bench-ar bench-compiled bench-lookahead bench-attention check-ci compare-references \
-	reproduce-cpu reproduce-budget-cpu reproduce-specbench-groups reproduce-llm2slm-cpu reproduce-all clean gpu-check gpu-check-dry
+	reproduce-cpu reproduce-budget-cpu reproduce-training-free-cpu reproduce-specbench-groups reproduce-llm2slm-cpu reproduce-all clean gpu-check gpu-check-dry
 
 setup: $(VENV)/.installed
 
@@ -90,6 +90,19 @@ reproduce-budget-cpu: setup
 		--out results/cpu/profile-compile
 	$(BIN)/bench sweep results/configs/cpu-budget.yaml --no-report
 	$(BIN)/bench sweep results/configs/cpu-budget-onednn.yaml --no-report
+	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn --out results/cpu \
+		--against lookahead --against spec-bench --against llm-to-slm
+
+# The training-free drafters on CPU (about 40 minutes here): a REST datastore from the WMT 2015-2019 English
+# references and tiny_corpus (datastores/, not committed), then token-recycling, suffix, rest, jacobi and layerskip on
+# Spec-Bench's six groups (results/configs/cpu-training-free.yaml); the CPU table gains their rows.
+DATASTORE = datastores/smollm2-135m-wmt
+reproduce-training-free-cpu: setup
+	test -f $(DATASTORE)/datastore.json || $(BIN)/bench datastore build --model smollm2-135m --field ref \
+		$(foreach y,2015 2016 2017 2018 2019,--from $${DECODEBENCH_DATA:-../shared/data}/wmt_de_en/newstest$(y).de-en.jsonl) \
+		--from $${DECODEBENCH_DATA:-../shared/data}/tiny_corpus/tinyshakespeare.txt \
+		--from $${DECODEBENCH_DATA:-../shared/data}/tiny_corpus/tinystories_sample.txt --out $(DATASTORE)
+	$(BIN)/bench sweep results/configs/cpu-training-free.yaml --no-report
 	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn --out results/cpu \
 		--against lookahead --against spec-bench --against llm-to-slm
 
