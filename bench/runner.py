@@ -213,7 +213,7 @@ def _open_plan(
     env = environment.describe(target.device)
     prompt_template = task.use_template(config.chat_template, target.tokenizer, config.system_prompt)
     extra = {"model_artifact": target.artifact, "task_data": task_data, "prompt_template": prompt_template}
-    extra |= {"method_manifest": manifest} if (manifest := method.manifest()) else {}  # e.g. REST's datastore
+    own = {"method_manifest": manifest} if (manifest := method.manifest()) else {}  # e.g. REST's datastore
     if config.device_map:
         placement = getattr(target.model, "hf_device_map", None) or {"": target.device}  # one device: no map
         extra["placement"] = {k: str(v) for k, v in placement.items()}
@@ -227,7 +227,7 @@ def _open_plan(
                 shared_config = config.baseline_config().identity() | extra
                 shared = opened.enter_context(RunStore.open(baseline_dir, shared_config, env))
                 extra["baseline_run"] = str(Path(os.path.relpath(baseline_dir, config.out_dir())))
-            store = opened.enter_context(RunStore.open(config.out_dir(), config.identity() | extra, env))
+            store = opened.enter_context(RunStore.open(config.out_dir(), config.identity() | extra | own, env))
             lanes = [Lane("method", method, store)]
             if config.baseline:
                 lanes.insert(0, Lane("baseline", METHODS.get(BASELINE)(target, config.sampler()), shared or store))

@@ -216,3 +216,20 @@ def test_cli_bad_input(monkeypatch, capsys, tmp_path, tiny_dir, corpus, store, a
     code, _, err = bench(monkeypatch, capsys, "datastore", "build", *defaults, *args)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert message.replace("MISSING", paths["MISSING"]) in err
+
+
+def test_a_sweep_records_the_datastore_and_shares_its_baseline(tmp_path, tiny_dir, data_dir, store):
+    from bench.sweep import run_sweep
+
+    config = {"name": "rest", "models": [str(tiny_dir)], "data_dir": str(data_dir), "limit": 2, "turns": 1,
+              "warmup": 0, "max_new_tokens": 8, "tasks": ["mtbench"],
+              "methods": ["pld", {"method": "rest", "settings": [{"datastore": str(store)}]}]}  # fmt: skip
+    path = tmp_path / "rest.yaml"
+    path.write_text(json.dumps(config))
+    status = run_sweep(path, tmp_path / "out", echo=lambda _: None)
+    assert all(c["status"] == "done" for c in status["cells"].values()), status
+    cells = next((tmp_path / "out" / "mtbench").iterdir())
+    manifests = {p.name: json.loads((p / "manifest.json").read_text())["config"] for p in cells.iterdir()}
+    rest_cell = next(name for name in manifests if name.startswith("rest"))
+    assert manifests[rest_cell]["method_manifest"]["datastore"]["sha256"] == Datastore(store).manifest()["sha256"]
+    assert "method_manifest" not in manifests["ar"] and "method_manifest" not in manifests["pld"]
