@@ -93,9 +93,10 @@ reproduce-budget-cpu: setup
 	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn --out results/cpu \
 		--against lookahead --against spec-bench --against llm-to-slm
 
-# The training-free drafters on CPU (about 40 minutes here): a REST datastore from the WMT 2015-2019 English
+# The training-free drafters on CPU (about an hour here): a REST datastore from the WMT 2015-2019 English
 # references and tiny_corpus (datastores/, not committed), then token-recycling, suffix, rest, jacobi and layerskip on
-# Spec-Bench's six groups (results/configs/cpu-training-free.yaml); the CPU table gains their rows.
+# Spec-Bench's six groups (results/configs/cpu-training-free.yaml), and on qwen2.5-coder-1.5b with draft-model trees
+# (cpu-training-free-qwen.yaml); the CPU table gains their rows.
 DATASTORE = datastores/smollm2-135m-wmt
 reproduce-training-free-cpu: setup
 	test -f $(DATASTORE)/datastore.json || $(BIN)/bench datastore build --model smollm2-135m --field ref \
@@ -103,6 +104,7 @@ reproduce-training-free-cpu: setup
 		--from $${DECODEBENCH_DATA:-../shared/data}/tiny_corpus/tinyshakespeare.txt \
 		--from $${DECODEBENCH_DATA:-../shared/data}/tiny_corpus/tinystories_sample.txt --out $(DATASTORE)
 	$(BIN)/bench sweep results/configs/cpu-training-free.yaml --no-report
+	$(BIN)/bench sweep results/configs/cpu-training-free-qwen.yaml --no-report
 	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn --out results/cpu \
 		--against lookahead --against spec-bench --against llm-to-slm
 
