@@ -239,7 +239,9 @@ def _run_local(cell: Cell, progress: bool, echo: Callable[[str], None], name: st
     except (BenchError, RuntimeError, ValueError, OSError) as exc:  # one cell's failure does not stop the sweep
         reason = f"{type(exc).__name__}: {exc}"
         echo(f"{name}: FAILED ({reason})")
-        return {"status": "failed", "reason": reason, "trace": traceback.format_exc(limit=3)}
+        frames = traceback.extract_tb(exc.__traceback__)[-3:]  # where it failed, without the machine's paths
+        trace = "\n".join(f"{portable(f.filename)}:{f.lineno} in {f.name}" for f in frames)
+        return {"status": "failed", "reason": reason, "trace": trace}
     method = next(s for s in result.summaries if s["role"] == "method")
     speedup = "-" if method.get("speedup") is None else f"{method['speedup']:.3f}"
     echo(f"{name}: tau {method['tau']:.3f}, speedup {speedup}")

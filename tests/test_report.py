@@ -93,6 +93,8 @@ def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path, sweep_file, mon
     assert "1 cells done, 1 failed" in out and "missing-model' is neither a preset" in out
     status = json.loads((tmp_path / "o" / "sweep.json").read_text())
     assert [c["status"] for c in status["cells"].values()] == ["done", "failed"]
+    trace = list(status["cells"].values())[1]["trace"]
+    assert "bench/runner.py" in trace and str(Path.cwd()) not in trace  # where, without the machine's paths
     code, out, _ = bench(monkeypatch, capsys, "report", str(tmp_path / "o"), "--out", str(tmp_path / "rep"))
     assert code == 0 and "failed cells:" in out and "is neither a preset" in out
     second = tmp_path / "second.yaml"  # another sweep into the same folder: the log keeps the first's cells
