@@ -277,7 +277,7 @@ def _open(root: Path, config: dict[str, Any], environment: dict[str, Any]) -> li
             except ValueError:
                 raise BenchError(f"{manifest_path}: not valid JSON; remove it or use another --out") from None
             old = manifest.get("config", {})
-            if old != config:
+            if old != config and not _before_new_options(old, config):
                 diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
                 details = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:4])
                 raise BenchError(f"{root} holds a run with a different config ({details}); use another --out")
@@ -291,3 +291,19 @@ def _open(root: Path, config: dict[str, Any], environment: dict[str, Any]) -> li
     except OSError as exc:
         raise unwritable("cannot write the run directory", root, exc) from None
     return records
+
+
+def _before_new_options(old: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether `old` is this config recorded before the method gained options that `config` holds at their
+    defaults (the same run: a new option's default keeps the old behaviour)."""
+    before, now = old.get("options"), config.get("options")
+    if not isinstance(before, dict) or not isinstance(now, dict) or old | {"options": now} != config:
+        return False
+    from methods.base import METHODS
+
+    try:
+        defaults = METHODS.get(config["method"]).Options().as_dict()
+    except (BenchError, KeyError):
+        return False
+    added = set(now) - set(before)
+    return all(now.get(k) == v for k, v in before.items()) and all(now[k] == defaults.get(k, object()) for k in added)

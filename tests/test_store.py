@@ -14,6 +14,7 @@ import pytest
 
 from bench.store import LOCK, SAMPLES, RunStore
 from core.errors import BenchError
+from methods.base import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,3 +172,15 @@ def test_a_failed_append_leaves_the_records_as_they_were(tmp_path, monkeypatch):
     assert len(calls) == 2 and (tmp_path / SAMPLES).read_bytes() == before and not store.has("method", "b")
     store.append(rec("b"))
     assert [r["prompt_id"] for r in RunStore.open(tmp_path, CONFIG, {}).records()] == ["a", "b"]
+
+
+def test_a_run_recorded_before_an_option_existed_resumes_only_at_its_default(tmp_path):
+    old = {"method": "lookahead", "options": {"window": 5, "ngram": 3, "guess": 5}, "max_new_tokens": 8}
+    RunStore.open(tmp_path, old, {}).append(rec("a"))
+    now = METHODS.get("lookahead").Options().as_dict()  # the options gained since (budget=fixed, ...) at defaults
+    again = RunStore.open(tmp_path, old | {"options": now}, {})
+    assert [r["prompt_id"] for r in again.records()] == ["a"]
+    again.close()
+    for changed in ({"budget": "auto"}, {"window": 7}):  # a new option off its default, or an old one changed
+        with pytest.raises(BenchError, match="different config"):
+            RunStore.open(tmp_path, old | {"options": now | changed}, {})
