@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from core.errors import BenchError
-from core.files import portable, read_jsonl, write_json
+from core.files import file_sha256, portable, read_jsonl, write_json
 from core.presets import PRESETS
-from methods.rest import FORMAT, MANIFEST, SUFFIXES, TOKENS, file_sha256, tokenizer_fingerprint
+from methods.rest import FORMAT, MANIFEST, SUFFIXES, TOKENS, tokenizer_fingerprint
 
 AUTO_FIELDS = ("text", "content", "en")  # jsonl fields used when --field is not given, the first one present
 INSTALL = "pip install pydivsufsort==0.0.20"

