@@ -17,7 +17,15 @@ from methods.base import METHODS
 from methods.decode import Draft, Sampler, StopRule, verify_loop
 from methods.layerskip import LayerSkipDrafter, SkipCache, Skipped, alternate, parse_skip, skip_view
 from tests.conftest import make_model
-from tests.test_methods import PROMPTS, VOCAB, chi_square_rejects, empirical, exact_distribution, total_variation
+from tests.test_methods import (
+    PROMPTS,
+    VOCAB,
+    assert_equals_ar,
+    chi_square_rejects,
+    empirical,
+    exact_distribution,
+    total_variation,
+)
 from tests.test_sliding import gemma3
 
 SETTINGS = [
@@ -43,13 +51,7 @@ def create(target: LoadedModel, options: dict, sampler: Sampler | None = None):
 @pytest.mark.parametrize("options", SETTINGS, ids=[o["skip_layers"] for o in SETTINGS])
 @pytest.mark.parametrize("max_new", [1, 2, 7, 40])
 def test_lossless_equals_ar(deep, options, max_new):
-    method = create(deep, options)
-    for prompt in PROMPTS:
-        ids = deep.tokenizer(prompt)["input_ids"]
-        expected = Autoregressive(deep, None).generate(ids, StopRule(max_new), Timer()).tokens
-        got = method.generate(ids, StopRule(max_new), Timer())
-        assert got.tokens == expected, f"{options} diverged on {prompt!r}"
-        assert sum(got.accepted) == len(got.tokens) == max_new
+    assert_equals_ar(create(deep, options), deep, PROMPTS, max_new, str(options))
 
 
 @pytest.mark.parametrize("skip", ["0", "1,3", "2"])

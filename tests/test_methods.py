@@ -59,12 +59,16 @@ def build(name, options, tiny, draft, sampler=None):
 @pytest.mark.parametrize(("name", "options"), SETTINGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SETTINGS)])
 @pytest.mark.parametrize("max_new", [1, 2, 7, 40])
 def test_lossless_equals_ar(tiny, draft, name, options, max_new):
-    method = build(name, options, tiny, draft)
-    for prompt in PROMPTS:
-        ids = tiny.tokenizer(prompt)["input_ids"]
-        expected = Autoregressive(tiny, None).generate(ids, StopRule(max_new), Timer()).tokens
+    assert_equals_ar(build(name, options, tiny, draft), tiny, PROMPTS, max_new, f"{name} {options}")
+
+
+def assert_equals_ar(method, model, prompts, max_new: int, label: str) -> None:
+    """`method` decodes every prompt token-for-token as `ar` greedy does, committing exactly `max_new` tokens."""
+    for prompt in prompts:
+        ids = model.tokenizer(prompt)["input_ids"]
+        expected = Autoregressive(model, None).generate(ids, StopRule(max_new), Timer()).tokens
         got = method.generate(ids, StopRule(max_new), Timer())
-        assert got.tokens == expected, f"{name} {options} diverged on {prompt!r}"
+        assert got.tokens == expected, f"{label} diverged on {prompt!r}"
         assert sum(got.accepted) == len(got.tokens) == max_new
 
 

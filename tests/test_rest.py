@@ -20,7 +20,15 @@ from methods.decode import Sampler, StopRule, verify_loop
 from methods.rest import TOKENS, Datastore, RestDrafter, trie
 from tests.conftest import CORPUS, make_model
 from tests.test_cli import bench
-from tests.test_methods import PROMPTS, VOCAB, NoTokenizer, chi_square_rejects, empirical, exact_distribution
+from tests.test_methods import (
+    PROMPTS,
+    VOCAB,
+    NoTokenizer,
+    assert_equals_ar,
+    chi_square_rejects,
+    empirical,
+    exact_distribution,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -101,13 +109,7 @@ def rest(tiny, store, sampler=None, **options):
 @pytest.mark.parametrize("options", [{}, {"num_draft": 4, "max_token_span": 3}, {"num_draft": 64, "continuation": 3}])
 @pytest.mark.parametrize("max_new", [1, 2, 7, 40])
 def test_lossless_equals_ar(tiny, store, options, max_new):
-    method = rest(tiny, store, **options)
-    for prompt in [*PROMPTS, CORPUS[0][:60]]:
-        ids = tiny.tokenizer(prompt)["input_ids"]
-        expected = Autoregressive(tiny, None).generate(ids, StopRule(max_new), Timer()).tokens
-        got = method.generate(ids, StopRule(max_new), Timer())
-        assert got.tokens == expected, f"rest {options} diverged on {prompt!r}"
-        assert sum(got.accepted) == len(got.tokens) == max_new
+    assert_equals_ar(rest(tiny, store, **options), tiny, [*PROMPTS, CORPUS[0][:60]], max_new, f"rest {options}")
 
 
 def test_drafts_are_trees_from_the_datastore(tiny, store):

@@ -17,7 +17,7 @@ from methods.decode import Sampler, StopRule
 from methods.suffix import SuffixDrafter, SuffixOptions
 from methods.suffix_tree import SuffixTree
 from tests.conftest import make_model
-from tests.test_methods import PROMPTS, VOCAB, chi_square_rejects, empirical, exact_distribution
+from tests.test_methods import PROMPTS, VOCAB, assert_equals_ar, chi_square_rejects, empirical, exact_distribution
 
 ARGS = (16, 1.0, 0.0, 0.1)  # max_spec_tokens, max_spec_factor, max_spec_offset, min_token_prob (the defaults)
 
@@ -152,12 +152,7 @@ SETTINGS = [{}, {"use_tree_spec": True}, {"use_tree_spec": True, "min_token_prob
 @pytest.mark.parametrize("max_new", [1, 2, 7, 40])
 def test_lossless_equals_ar(tiny, options, max_new):
     method = METHODS.get("suffix").create(tiny, None, options)  # one instance: the global tree grows across prompts
-    for prompt in PROMPTS + PROMPTS[:1]:
-        ids = tiny.tokenizer(prompt)["input_ids"]
-        expected = Autoregressive(tiny, None).generate(ids, StopRule(max_new), Timer()).tokens
-        got = method.generate(ids, StopRule(max_new), Timer())
-        assert got.tokens == expected, f"suffix {options} diverged on {prompt!r}"
-        assert sum(got.accepted) == len(got.tokens) == max_new
+    assert_equals_ar(method, tiny, PROMPTS + PROMPTS[:1], max_new, f"suffix {options}")
 
 
 def test_eos_inside_accepted_block(tiny, repetitive):
