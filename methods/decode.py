@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from core.errors import BenchError
 from core.timing import Timer
 from methods import verify
 from methods.attention import step_mask
@@ -102,6 +103,7 @@ class Draft:
     probs: torch.Tensor | None = None
     read: list[int] | None = None
     top: torch.Tensor | None = None  # set by the engine for a drafter with `topk` (see Drafter)
+    verifier: Any = None  # sampling only: replaces verify.sampling (same signature), e.g. Medusa's lossy typical
 
     @classmethod
     def chain(cls, tokens: list[int], probs: torch.Tensor | None = None) -> Draft:
@@ -125,7 +127,12 @@ class Draft:
 
 
 class Drafter(Protocol):
-    """A source of candidates: prompt lookup, a draft model, a Lookahead window, ..."""
+    """A source of candidates: prompt lookup, a draft model, a Lookahead window, ...
+
+    A drafter with a class attribute `reads_hidden = True` (Medusa, EAGLE) also gets, after every target forward,
+    `observe_hidden(hidden)`: the target's last hidden state (after its final norm, the LM head's input) at every
+    position that forward committed: the uncached input tokens (the prompt at the first step), the pending token,
+    then the accepted draft tokens, in order (rows, hidden size)."""
 
     draft_forwards: int
 
@@ -189,31 +196,43 @@ class Target(Protocol):
 
 
 class EagerTarget:
-    """The model's own forward on our DynamicCache (methods.kvcache): the LM head runs only on the rows read."""
+    """The model's own forward on our DynamicCache (methods.kvcache): the LM head runs only on the rows read.
+    With `hidden`, the decoder and the LM head run separately and the last forward's hidden states are kept."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, hidden: bool = False) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.cache: Any = None
+        self.keeps_hidden = hidden
+        self.hidden: torch.Tensor | None = None  # (step rows, hidden size) of the last forward, with `hidden`
 
     def start(self, prompt_len: int, max_new_tokens: int) -> None:
         self.cache = new_cache(self.model)
 
     def forward(self, inputs: list[int], cached: int, draft: Draft | None) -> tuple[torch.Tensor, list[int] | None]:
-        model, cache = self.model, self.cache
         if draft is None:
-            ids = torch.tensor([inputs], device=self.device)
-            return model(ids, past_key_values=cache, logits_to_keep=1).logits[0], None
+            return self._logits(torch.tensor([inputs], device=self.device), 1), None
         prefix = len(inputs) - 1
         step = torch.tensor([[*inputs, *draft.tokens]], device=self.device)
         read = verify.read_rows(draft)
         rows = 1 + len(draft.tokens) if read is None else torch.tensor([prefix + r for r in read], device=self.device)
         if draft.positions is None and draft.visible is None:
-            return model(step, past_key_values=cache, logits_to_keep=rows).logits[0], read
-        positions, mask = _attention(draft, cached, self.device, model, cache, prefix)
-        logits = model(step, past_key_values=cache, position_ids=positions, attention_mask=mask,
-                       logits_to_keep=rows).logits[0]  # fmt: skip
-        return logits, read
+            return self._logits(step, rows), read
+        positions, mask = _attention(draft, cached, self.device, self.model, self.cache, prefix)
+        return self._logits(step, rows, position_ids=positions, attention_mask=mask), read
+
+    def _logits(self, ids: torch.Tensor, rows: int | torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The logits of `rows` (the last `rows` if an int) of one forward of `ids` on the cache."""
+        if not self.keeps_hidden:
+            return self.model(ids, past_key_values=self.cache, logits_to_keep=rows, **kwargs).logits[0]
+        self.hidden = self.model.get_decoder()(ids, past_key_values=self.cache, **kwargs).last_hidden_state[0]
+        return self.model.get_output_embeddings()(self.hidden[-rows:] if isinstance(rows, int) else self.hidden[rows])
+
+    def committed_hidden(self, n_inputs: int, accepted: list[int]) -> torch.Tensor:
+        """The last forward's hidden states at the committed positions: the `n_inputs` input tokens, then the
+        accepted draft tokens (indices into the draft)."""
+        assert self.hidden is not None
+        return torch.cat([self.hidden[:n_inputs], self.hidden[n_inputs + torch.tensor(accepted, dtype=torch.long)]])
 
     def keep(self, pending: int, n_step: int, accepted: list[int]) -> None:
         keep(self.cache, pending, n_step, accepted)
@@ -240,7 +259,7 @@ def _verify_step(
         following = predicted[path[-1] + 1 if path else 0]
     else:
         index = dict(zip(read, range(len(read)), strict=True)) if read is not None else verify.Identity()
-        path, following = verify.sampling(draft, logits, index, sampler)
+        path, following = (draft.verifier or verify.sampling)(draft, logits, index, sampler)
     target.keep(cached + len(inputs) - 1, len(draft.tokens), path)
     return predicted, path, following
 
@@ -262,7 +281,10 @@ def verify_loop(
     Marks `timer` after every target forward; returns the new tokens, how many tokens each forward committed and
     how many draft tokens it could have accepted. `target` runs the forwards (default: the model's eager forward).
     """
-    target = target if target is not None else EagerTarget(model)
+    reads_hidden = getattr(drafter, "reads_hidden", False)
+    target = target if target is not None else EagerTarget(model, hidden=reads_hidden)
+    if reads_hidden and not getattr(target, "keeps_hidden", False):
+        raise BenchError("this method reads the target's hidden states: it runs on the eager forward only")
     target.start(len(prompt_ids), stop.max_new_tokens)
     timer.start()
     tokens: list[int] = []
@@ -275,6 +297,7 @@ def verify_loop(
         cached = len(prompt_ids) + len(tokens) - len(inputs)
         budget = stop.max_new_tokens - len(tokens) - 1
         draft = drafter.propose(prompt_ids + tokens, budget) if drafter is not None and budget > 0 else None
+        path: list[int] = []
         if not draft or not draft.tokens:
             logits = target.forward(inputs, cached, None)[0][-1]
             new = [int(logits.argmax()) if sampler is None else sampler.sample(sampler.probs(logits))]
@@ -283,6 +306,8 @@ def verify_loop(
             predicted, path, following = _verify_step(target, inputs, cached, draft, sampler, topk)
             drafter.observe(draft, predicted, path)
             new = [draft.tokens[i] for i in path] + [following]
+        if reads_hidden:
+            drafter.observe_hidden(target.committed_hidden(len(inputs), path))
         start = len(tokens)
         tokens.extend(new)
         accepted_counts.append(len(new))
