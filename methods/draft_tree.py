@@ -166,16 +166,16 @@ class TreeDrafter:
         return self.chain.draft_forwards
 
     def propose(self, context: list[int], budget: int) -> Draft | None:
-        logits = self.chain.sync(context)[None]
+        logits, n_context = self._start(context)
         tree, frontier = _Tree(), torch.zeros(1, dtype=torch.long)
         forwarded = torch.zeros(0, dtype=torch.long)  # nodes in the draft's cache after the context, in order
         levels = self.shape.levels(budget)
         for level in range(1, levels + 1):
             if level > 1:
-                logits = self._forward_level(tree, frontier, forwarded, len(context))
+                logits = self._forward_level(tree, frontier, forwarded, n_context)
                 forwarded = torch.cat([forwarded, frontier])
             first = len(tree)
-            tree.add(frontier, *self._children(logits, self.shape.width(level)))
+            self._grow(tree, frontier, logits, level)
             if level < levels:
                 frontier = self._expanded(tree, first)
         if len(forwarded):
@@ -184,6 +184,15 @@ class TreeDrafter:
 
     def observe(self, draft: Draft, predicted: list[int], accepted: list[int]) -> None:
         """Nothing to learn: the shape is fixed or follows the draft's own probabilities."""
+
+    def _start(self, context: list[int]) -> tuple[torch.Tensor, int]:
+        """The draft's next-token logits (1, vocab) after `context`, its cache synced to it, and the number of
+        cache entries the context takes."""
+        return self.chain.sync(context)[None], len(context)
+
+    def _grow(self, tree: _Tree, frontier: torch.Tensor, logits: torch.Tensor, level: int) -> None:
+        """Add the children of the `frontier` nodes (next-token `logits`, one row each) at `level`."""
+        tree.add(frontier, *self._children(logits, self.shape.width(level)))
 
     def _children(
         self, logits: torch.Tensor, k: int
@@ -226,10 +235,15 @@ class TreeDrafter:
         q_pos = torch.full((f,), position)
         mask = _level_mask(chain.model, chain.cache, allowed.to(chain.device), key_pos.to(chain.device),
                            q_pos.to(chain.device))  # fmt: skip
-        ids = tree.token[frontier][None].to(chain.device)
         chain.draft_forwards += 1
-        out = chain.model(ids, past_key_values=chain.cache, position_ids=q_pos[None].to(chain.device),
-                          attention_mask=mask)  # fmt: skip
+        return self._run_level(tree, frontier, q_pos.to(chain.device), mask)
+
+    def _run_level(self, tree: _Tree, frontier: torch.Tensor, positions: torch.Tensor,
+                   mask: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:  # fmt: skip
+        """The draft forward of the `frontier` nodes at `positions` with `mask`, on the draft's cache."""
+        ids = tree.token[frontier][None].to(self.chain.device)
+        out = self.chain.model(ids, past_key_values=self.chain.cache, position_ids=positions[None],
+                               attention_mask=mask)  # fmt: skip
         return out.logits[0]
 
     def _cut_score(self, tree: _Tree) -> torch.Tensor:
