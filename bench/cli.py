@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from bench.cli_datastore import datastore_app
 from bench.cli_profile import profile_command
+from bench.cli_train_drafter import add_train_commands
 from core.errors import BenchError
 from core.presets import PRESETS, is_cached
 
@@ -40,7 +41,9 @@ models_app = typer.Typer(no_args_is_help=True, help="Model presets and their cac
 app.add_typer(models_app, name="models")
 task_app = typer.Typer(no_args_is_help=True, help="Task self-checks.")
 app.add_typer(task_app, name="task")
-train_app = typer.Typer(no_args_is_help=True, help="Fine-tune LLM-to-SLM, or the SLM alone as its baseline.")
+train_app = typer.Typer(
+    no_args_is_help=True, help="Fine-tune LLM-to-SLM (or the SLM alone); train Medusa heads or an EAGLE draft layer."
+)
 app.add_typer(train_app, name="train")
 
 
@@ -147,6 +150,7 @@ def sweep(
 
 app.command("profile")(guarded(profile_command))
 app.add_typer(datastore_app(guarded), name="datastore")
+add_train_commands(train_app, guarded)
 
 
 @app.command()
