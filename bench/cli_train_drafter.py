@@ -28,6 +28,9 @@ _EVAL_EVERY = typer.Option(50, help="Evaluate every K steps (0: only before the 
 _SAVE_EVERY = typer.Option(50, help="Save the drafter and the optimizer every K steps (and after the last).")
 _SEED = typer.Option(0, help="Seed of the prompt mix, the initialisation and the data order.")
 _THREADS = typer.Option(None, help="CPU threads for torch.")
+_ANSWERS_FROM = typer.Option(
+    None, help="Reuse the answers another bench train run (same target, same prompts) generated: its folder."
+)
 
 
 def add_train_commands(train_app: typer.Typer, guarded: Callable[..., Callable[..., None]]) -> None:
@@ -56,6 +59,7 @@ def add_train_commands(train_app: typer.Typer, guarded: Callable[..., Callable[.
         save_every: int = _SAVE_EVERY,
         seed: int = _SEED,
         threads: int | None = _THREADS,
+        answers_from: str | None = _ANSWERS_FROM,
     ) -> None:
         """Train Medusa heads (Cai et al. 2024) on the target's own answers; lr 1e-3, AdamW as the reference."""
         options = dict(locals())
@@ -78,6 +82,7 @@ def add_train_commands(train_app: typer.Typer, guarded: Callable[..., Callable[.
         save_every: int = _SAVE_EVERY,
         seed: int = _SEED,
         threads: int | None = _THREADS,
+        answers_from: str | None = _ANSWERS_FROM,
     ) -> None:
         """Train an EAGLE draft layer (Li et al. 2024) on the target's own features; lr 3e-5 as the reference."""
         _train("eagle", {}, dict(locals()))

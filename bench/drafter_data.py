@@ -182,10 +182,17 @@ def generate(target: LoadedModel, prompts: list[list[int]], answer_tokens: int) 
 
 
 def distill(target: LoadedModel, prompts: list[list[int]], out: Path, answer_tokens: int, batch: int,
-            tick: Callable[[int], None]) -> list[Sequence]:  # fmt: skip
-    """Every prompt with the target's answer: the ones in `out`/distill.jsonl, then new batches appended to it
-    (`tick(n)` after each)."""
+            tick: Callable[[int], None], answers_from: str | None = None) -> list[Sequence]:  # fmt: skip
+    """Every prompt with the target's answer: the ones in `out`/distill.jsonl (at the start, those of the
+    `answers_from` run's, which must answer the same prompts), then new batches appended to it (`tick(n)` after
+    each). Answers are greedy and batched the same way in every run, so reusing them changes nothing."""
     path = out / DISTILL_FILE
+    if answers_from is not None and not path.is_file():
+        source = Path(answers_from) / DISTILL_FILE
+        if not source.is_file():
+            raise BenchError(f"--answers-from {answers_from}: no {DISTILL_FILE} there")
+        read_distilled(source, prompts)
+        atomic_write(path, source.read_text(encoding="utf-8"))
     done = read_distilled(path, prompts)
     tick(len(done))
     for start in range(len(done), len(prompts), batch):

@@ -110,6 +110,7 @@ class DrafterConfig:
     seed: int = 0
     threads: int | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
+    answers_from: str | None = None  # another run's folder whose distill.jsonl answers the same prompts
 
     def validate(self) -> None:
         """Refuse values that cannot train, each with one line naming the flag; fill the kind's defaults."""
@@ -133,7 +134,7 @@ class DrafterConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with its checkpoint (a --data file by its name and sha256)."""
-        free = {"steps", "eval_every", "save_every", "threads", "data_dir", "out", "data"}
+        free = {"steps", "eval_every", "save_every", "threads", "data_dir", "out", "data", "answers_from"}
         fields = {k: v for k, v in asdict(self).items() if k not in free}
         fields["data"] = {"file": portable(self.data), "sha256": file_sha256(Path(self.data))} if self.data else None
         return fields
@@ -295,7 +296,7 @@ def train(config: DrafterConfig, progress: bool = True) -> TrainResult:
         clock = time.perf_counter()
         job = bar.add_task("generate answers", total=len(prompts), note="")
         sequences = data.distill(target, prompts, out, config.answer_tokens, data.TARGET_BATCH,
-                                 lambda n: bar.advance(job, n))  # fmt: skip
+                                 lambda n: bar.advance(job, n), config.answers_from)  # fmt: skip
         record["wall_s"]["distill"] += time.perf_counter() - clock
         clock, cache = time.perf_counter(), data.feature_cache(target, sequences, data.TARGET_BATCH)
         job = bar.add_task("target features", total=len(sequences), note="")

@@ -185,3 +185,18 @@ def test_refusals_are_one_error_line(env, trained, tmp_path):
         lines = result.output.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (message, result.output)
         assert message in lines[0], (message, lines[0])
+
+
+def test_answers_from_another_run_are_reused_not_regenerated(env, trained, monkeypatch):
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the answers were generated again")
+
+    monkeypatch.setattr(drafter_data, "generate", no_generation)
+    out = env["root"] / "eagle-reusing"
+    steps = ["--steps", "1", "--eval-every", "0"]
+    result = bench(*command(env, "eagle", out, *steps, "--answers-from", trained["medusa"]))
+    assert result.exit_code == 0, result.output
+    assert (out / "distill.jsonl").read_text() == (trained["medusa"] / "distill.jsonl").read_text()
+    other = env["root"] / "other-prompts"
+    result = bench(*command(env, "eagle", other, *steps, "--prompts", "10", "--answers-from", trained["medusa"]))
+    assert result.exit_code == 2 and "holds answers to other prompts" in result.output

@@ -1,0 +1,74 @@
+"""Speedup and tau against the draft tree's size for the trained drafters (Medusa, EAGLE, EAGLE-2) in a report's
+summary.csv: on a 2-core CPU a forward of many query tokens costs much more than one, so the winning tree is small.
+
+    python scripts/plot_tree_size.py results/cpu/summary.csv --out results/cpu/tree_size.png
+
+The size is the most draft tokens a step verifies: Medusa's choices cut to its heads' depth (read from the heads'
+config.json), EAGLE's choices list, EAGLE-2's `max_nodes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.plot_style import method_colour  # noqa: E402
+from methods.eagle import CHOICES, Eagle2Options  # noqa: E402
+from methods.medusa import TREES, MedusaTree  # noqa: E402
+
+METHODS = ("medusa", "eagle", "eagle2")
+
+
+def settings(text: str) -> dict[str, str]:
+    return dict(word.split("=", 1) for word in str(text).split() if "=" in word)
+
+
+def tree_size(method: str, options: dict[str, str]) -> int:
+    """The most draft tokens one step of this row's settings verifies."""
+    if method == "medusa":
+        config = Path(options["draft_heads"]) / "config.json"
+        heads = json.loads(config.read_text())["medusa_num_heads"] if config.is_file() else 99
+        return len(MedusaTree(TREES[options.get("medusa_tree", "mc_sim_7b_63")], heads, 1 << 30).nodes)
+    if method == "eagle":
+        return len(CHOICES[options.get("tree", "mc_sim_7b_63")])
+    given = {k: int(v) for k, v in options.items() if k in ("depth", "children", "frontier", "max_nodes")}
+    return Eagle2Options(tree=options.get("tree", "reference"), **given).shape().max_nodes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("summary", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    df = pd.read_csv(args.summary)
+    df = df[df["method"].isin(METHODS) & (df["category"] == "all") & df["temperature"].fillna(0).eq(0)].copy()
+    df["size"] = [tree_size(m, settings(s)) for m, s in zip(df["method"], df["settings"], strict=True)]
+    fig, (speed, tau) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for (model, method), rows in df.sort_values("size").groupby(["model", "method"], sort=False):
+        colour, label = method_colour(method), f"{method}, {model}"
+        err = [rows["speedup"] - rows["speedup_ci_low"], rows["speedup_ci_high"] - rows["speedup"]]
+        speed.errorbar(rows["size"], rows["speedup"], yerr=err, marker="o", capsize=3, color=colour, label=label)
+        tau.plot(rows["size"], rows["tau"], marker="o", color=colour, label=label)
+    speed.axhline(1.0, color="grey", lw=0.8, ls="--")
+    speed.set(xlabel="draft tokens verified per step (tree size)", ylabel="speedup over our AR loop (95% CI)")
+    tau.set(xlabel="draft tokens verified per step (tree size)", ylabel="tau (tokens per target forward)")
+    for ax in (speed, tau):
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    speed.legend(fontsize=8)
+    task = ", ".join(sorted(df["task"].astype(str).unique()))
+    fig.suptitle(f"Trained drafters: tree size on this CPU ({task}, greedy)")
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
