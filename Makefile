@@ -10,7 +10,7 @@ export DECODEBENCH_DATA ?= $(abspath ../shared/data)
 endif
 
 .PHONY: setup test lint format demo bench-timer bench-ar bench-compiled bench-lookahead bench-attention check-ci compare-references \
-	reproduce-cpu reproduce-budget-cpu reproduce-training-free-cpu reproduce-specbench-groups reproduce-llm2slm-cpu reproduce-all clean gpu-check gpu-check-dry
+	reproduce-cpu reproduce-budget-cpu reproduce-training-free-cpu reproduce-drafters-cpu reproduce-specbench-groups reproduce-llm2slm-cpu reproduce-all clean gpu-check gpu-check-dry
 
 setup: $(VENV)/.installed
 
@@ -108,6 +108,21 @@ reproduce-training-free-cpu: setup
 	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn --out results/cpu \
 		--against lookahead --against spec-bench --against llm-to-slm
 
+# The trained drafters on CPU: an EAGLE draft layer and 3 Medusa heads for smollm2-135m, self-distilled on 192 prompts
+# of the default mix (WMT 2015-2019, GSM8K outside Spec-Bench, TinyStories; Medusa reuses EAGLE's answers), into ckpt/
+# (not committed); then medusa, eagle and eagle2 at three tree sizes each on Spec-Bench's six groups
+# (results/configs/cpu-drafters.yaml), the CPU table and the tree-size figure. EAGLE's lr is 5e-4, not the
+# reference's 3e-5 (a schedule of 800k steps; this run has 400).
+DRAFTERS_TRAIN = --model smollm2-135m --prompts 192 --threads 1
+reproduce-drafters-cpu: setup
+	$(BIN)/bench train eagle $(DRAFTERS_TRAIN) --steps 400 --lr 5e-4 --eval-every 50 --save-every 50 --out ckpt/eagle-smollm2-135m
+	$(BIN)/bench train medusa $(DRAFTERS_TRAIN) --steps 150 --eval-every 25 --save-every 25 --answers-from ckpt/eagle-smollm2-135m \
+		--out ckpt/medusa-smollm2-135m
+	$(BIN)/bench sweep results/configs/cpu-drafters.yaml --no-report
+	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn --out results/cpu \
+		--against lookahead --against spec-bench --against llm-to-slm
+	$(BIN)/python scripts/plot_tree_size.py results/cpu/summary.csv --out results/cpu/tree_size.png
+
 # Spec-Bench's per-group table (6 groups + overall) with 3 repeats, CPU-sized (about 25 minutes here).
 reproduce-specbench-groups: setup
 	$(BIN)/bench sweep results/configs/specbench-groups.yaml --no-report
@@ -119,6 +134,9 @@ reproduce-specbench-groups: setup
 # speedup); the other systems run alone on the same lines. A named variant, --feature-norm, is trained and scored;
 # --llm-layer 12 and 18 (with --feature-norm) are 60-step probes, compared on the held-out loss. The LLM fine-tuned with LoRA, same data and steps, is in the
 # committed table (about an hour more; L2S_LLM_FT= skips it).
+# The larger LLM, qwen2.5-coder-1.5b -> smollm2-135m (--feature-norm, same data and steps; about 1.5 hours, most of it
+# the LLM's features, cached): scored on the same 200 lines without baseline, its speedup measured interleaved with
+# the 1.5B LLM's own greedy decoding on the first L2S_SPEED_LIMIT lines (the 1.5B AR on 200 lines alone is ~40 min).
 L2S_STEPS ?= 160
 L2S_CKPT ?= ckpt
 L2S_LLM_FT ?= yes
@@ -127,6 +145,8 @@ L2S_TRAIN = --task wmt --steps $(L2S_STEPS) --lr 2e-4 --eval-samples 64 --eval-e
 L2S_EVAL = --task wmt --limit 200 --max-new-tokens 96
 L2S_RUNS = results/llm2slm/runs
 L2S_PAIR = --llm qwen2.5-coder-0.5b --slm smollm2-135m $(L2S_TRAIN) --cache-features
+L2S_PAIR15 = --llm qwen2.5-coder-1.5b --slm smollm2-135m $(L2S_TRAIN) --cache-features
+L2S_SPEED_LIMIT ?= 20
 reproduce-llm2slm-cpu: setup
 	$(BIN)/bench train llm2slm $(L2S_PAIR) --out $(L2S_CKPT)/llm2slm-qwen05-smollm2
 	$(BIN)/bench train slm --slm smollm2-135m $(L2S_TRAIN) --out $(L2S_CKPT)/slm-smollm2
@@ -144,12 +164,19 @@ reproduce-llm2slm-cpu: setup
 		$(BIN)/bench train slm --slm qwen2.5-coder-0.5b --slm-tuning lora $(L2S_TRAIN) --out $(L2S_CKPT)/lora-qwen05 && \
 		$(BIN)/bench run --method ar --model $(L2S_CKPT)/lora-qwen05 $(L2S_EVAL) --out $(L2S_RUNS)/lora-qwen05; \
 	fi
+	$(BIN)/bench train llm2slm $(L2S_PAIR15) --feature-norm --out $(L2S_CKPT)/llm2slm-qwen15-smollm2-norm
+	$(BIN)/bench run --method llm2slm --checkpoint $(L2S_CKPT)/llm2slm-qwen15-smollm2-norm $(L2S_EVAL) \
+		--no-baseline --out $(L2S_RUNS)/llm2slm-qwen15-smollm2-norm
+	$(BIN)/bench run --method llm2slm --checkpoint $(L2S_CKPT)/llm2slm-qwen15-smollm2-norm --task wmt \
+		--limit $(L2S_SPEED_LIMIT) --max-new-tokens 96 --out $(L2S_RUNS)/llm2slm-qwen15-smollm2-norm-speed
 	$(BIN)/python scripts/llm2slm_table.py --out results/llm2slm --pair "qwen2.5-coder-0.5b -> smollm2-135m" \
 		llm2slm=$(L2S_RUNS)/llm2slm-qwen05-smollm2 slm=$(L2S_RUNS)/slm-smollm2 \
 		llm2slm-norm=$(L2S_RUNS)/llm2slm-qwen05-smollm2-norm \
-		$(if $(L2S_LLM_FT),llm_ft=$(L2S_RUNS)/lora-qwen05)
+		$(if $(L2S_LLM_FT),llm_ft=$(L2S_RUNS)/lora-qwen05) \
+		--pair "qwen2.5-coder-1.5b -> smollm2-135m" llm2slm=$(L2S_RUNS)/llm2slm-qwen15-smollm2-norm-speed \
+		slm=$(L2S_RUNS)/slm-smollm2 llm2slm-norm=$(L2S_RUNS)/llm2slm-qwen15-smollm2-norm
 	$(BIN)/python scripts/plot_loss.py $(L2S_CKPT)/llm2slm-qwen05-smollm2 $(L2S_CKPT)/slm-smollm2 \
-		$(L2S_CKPT)/llm2slm-qwen05-smollm2-norm \
+		$(L2S_CKPT)/llm2slm-qwen05-smollm2-norm $(L2S_CKPT)/llm2slm-qwen15-smollm2-norm \
 		$(foreach layer,$(L2S_PROBE_LAYERS),$(L2S_CKPT)/llm2slm-qwen05-smollm2-norm-layer$(layer)-probe) \
 		$(if $(L2S_LLM_FT),$(L2S_CKPT)/lora-qwen05) --out results/llm2slm/loss.png
 	$(BIN)/bench report $(L2S_RUNS) --out results/llm2slm --against llm-to-slm
