@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,9 +61,11 @@ def resume_record(out: Path, config: TrainConfig) -> dict[str, Any] | None:
 
 
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    """Write the loss history as CSV (a missing loss is an empty cell)."""
+    """Write the loss history as CSV: HISTORY_FIELDS, then any further metric the rows hold (a missing value is an
+    empty cell)."""
+    names = list(HISTORY_FIELDS) + [k for k in dict.fromkeys(k for r in history for k in r) if k not in HISTORY_FIELDS]
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, HISTORY_FIELDS)
+        writer = csv.DictWriter(f, names)
         writer.writeheader()
         writer.writerows(history)
 
@@ -71,7 +74,18 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     """The loss history written by `write_history` (an empty cell reads as None)."""
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{k: int(r[k]) if k == "step" else float(r[k]) if r[k] else None for k in HISTORY_FIELDS} for r in rows]
+    return [{k: int(v) if k == "step" else float(v) if v else None for k, v in r.items()} for r in rows]
+
+
+def check_counts(counts: dict[str, int | None], eval_samples: int, eval_every: int, lr: float) -> None:
+    """Refuse training numbers that cannot train, each with one line naming its flag."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise BenchError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+    if eval_samples < 0 or eval_every < 0:
+        raise BenchError("--eval-samples and --eval-every must be >= 0")
+    if not (math.isfinite(lr) and lr > 0):
+        raise BenchError(f"--lr must be a positive number (got {lr})")
 
 
 def save(

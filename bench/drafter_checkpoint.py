@@ -4,12 +4,10 @@ metrics) and its plot (`loss.png`)."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.checkpoint import HISTORY_FIELDS
 from core.errors import BenchError
 from core.files import atomic_write, read_json
 
@@ -28,21 +26,6 @@ def eval_row(result: dict[str, float]) -> dict[str, float]:
 
 def write_record(out: Path, record: dict[str, Any]) -> None:
     atomic_write(out / STATE_FILE, json.dumps(record, indent=1, default=str))
-
-
-def write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    """The loss history as CSV: bench.checkpoint's columns, then the evaluation metrics (a missing one empty)."""
-    names = list(HISTORY_FIELDS) + [k for k in dict.fromkeys(k for r in history for k in r) if k not in HISTORY_FIELDS]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, names)
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def read_history(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: int(v) if k == "step" else float(v) if v else None for k, v in r.items()} for r in rows]
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, kind: str) -> None:

@@ -11,7 +11,6 @@ The checkpoint folder's files are written and read back by `bench.checkpoint`.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -74,14 +73,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse values that cannot train, each with a message naming its flag."""
         check_choice("kind", self.kind, KINDS)
-        for name in ("steps", "batch_size", "max_prompt_tokens", "max_answer_tokens", "save_every", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise BenchError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-        if self.eval_samples < 0 or self.eval_every < 0:
-            raise BenchError("--eval-samples and --eval-every must be >= 0")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise BenchError(f"--lr must be a positive number (got {self.lr})")
+        names = ("steps", "batch_size", "max_prompt_tokens", "max_answer_tokens", "save_every", "threads")
+        checkpoint.check_counts({n: getattr(self, n) for n in names}, self.eval_samples, self.eval_every, self.lr)
         check_choice("--slm-tuning", self.slm_tuning, TUNINGS)
         check_choice("--mode", self.mode, MODES)
         check_choice("--bridge", self.bridge, BRIDGES)

@@ -19,7 +19,6 @@ Recipes (the references' optimizer settings; the warm-up is linear over the firs
 from __future__ import annotations
 
 import importlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,15 +29,13 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench import drafter_data as data
-from bench.checkpoint import HISTORY_FILE
+from bench.checkpoint import HISTORY_FILE, check_counts, read_history, write_history
 from bench.drafter_checkpoint import (
     OPTIMIZER_FILE,
     PLOT_FILE,
     eval_row,
     plot_history,
-    read_history,
     resume_record,
-    write_history,
     write_record,
 )
 from bench.features import FeatureCache, artifact_key
@@ -122,13 +119,7 @@ class DrafterConfig:
         counts = {"prompts": self.prompts, "answer_tokens": self.answer_tokens, "steps": self.steps,
                   "batch_size": self.batch_size, "save_every": self.save_every, "threads": self.threads,
                   **self.recipe}  # fmt: skip
-        for name, value in counts.items():
-            if value is not None and value < 1:
-                raise BenchError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-        if self.eval_samples < 0 or self.eval_every < 0:
-            raise BenchError("--eval-samples and --eval-every must be >= 0")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise BenchError(f"--lr must be a positive number (got {self.lr})")
+        check_counts(counts, self.eval_samples, self.eval_every, self.lr)
         if self.data is not None and not Path(self.data).is_file():
             raise BenchError(f"data file {self.data} does not exist")
 
