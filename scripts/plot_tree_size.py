@@ -33,9 +33,9 @@ def settings(text: str) -> dict[str, str]:
 def tree_size(method: str, options: dict[str, str]) -> int:
     """The most draft tokens one step of this row's settings verifies."""
     if method == "medusa":
-        config = Path(options["draft_heads"]) / "config.json"
+        config = Path(options["heads"]) / "config.json"  # medusa's settings label: heads=..., tree=...
         heads = json.loads(config.read_text())["medusa_num_heads"] if config.is_file() else 99
-        return len(MedusaTree(TREES[options.get("medusa_tree", "mc_sim_7b_63")], heads, 1 << 30).nodes)
+        return len(MedusaTree(TREES[options.get("tree", "mc_sim_7b_63")], heads, 1 << 30).nodes)
     if method == "eagle":
         return len(CHOICES[options.get("tree", "mc_sim_7b_63")])
     given = {k: int(v) for k, v in options.items() if k in ("depth", "children", "frontier", "max_nodes")}
@@ -61,6 +61,7 @@ def main() -> None:
     tau.set(xlabel="draft tokens verified per step (tree size)", ylabel="tau (tokens per target forward)")
     for ax in (speed, tau):
         ax.set_xscale("log", base=2)
+        ax.set_xticks([4, 8, 16, 32, 64], ["4", "8", "16", "32", "64"])
         ax.grid(alpha=0.3)
     speed.legend(fontsize=8)
     task = ", ".join(sorted(df["task"].astype(str).unique()))
