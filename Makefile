@@ -179,7 +179,9 @@ reproduce-llm2slm-cpu: setup
 		llm2slm-norm=$(L2S_RUNS)/llm2slm-qwen05-smollm2-norm \
 		$(if $(L2S_LLM_FT),llm_ft=$(L2S_RUNS)/lora-qwen05) \
 		--pair "qwen2.5-coder-1.5b -> smollm2-135m" llm2slm=$(L2S_RUNS)/llm2slm-qwen15-smollm2-norm-speed \
-		slm=$(L2S_RUNS)/slm-smollm2 llm2slm-norm=$(L2S_RUNS)/llm2slm-qwen15-smollm2-norm
+		slm=$(L2S_RUNS)/slm-smollm2 \
+		--pair "qwen2.5-coder-1.5b -> smollm2-135m (200 lines)" llm2slm=$(L2S_RUNS)/llm2slm-qwen15-smollm2-norm \
+		slm=$(L2S_RUNS)/slm-smollm2
 	$(BIN)/python scripts/plot_loss.py $(L2S_CKPT)/llm2slm-qwen05-smollm2 $(L2S_CKPT)/slm-smollm2 \
 		$(L2S_CKPT)/llm2slm-qwen05-smollm2-norm $(L2S_CKPT)/llm2slm-qwen15-smollm2-norm \
 		$(foreach layer,$(L2S_PROBE_LAYERS),$(L2S_CKPT)/llm2slm-qwen05-smollm2-norm-layer$(layer)-probe) \

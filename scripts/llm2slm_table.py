@@ -6,7 +6,8 @@ greedy decoding, and the paired-bootstrap interval of LLM-to-SLM's BLEU and chrF
         --pair "qwen2.5-coder-0.5b -> smollm2-135m" llm2slm=RUN slm=RUN [llm_ft=RUN]
 
 `llm2slm=RUN`: a `bench run --method llm2slm` directory with its `ar` baseline (the LLM as is, same run,
-interleaved); `slm=RUN` and `llm_ft=RUN`: `bench run --method ar` directories of `bench train slm` checkpoints;
+interleaved; a run without baseline gives no LLM row and no speedup, e.g. a pair scored on more sentences than its
+LLM was timed on); `slm=RUN` and `llm_ft=RUN`: `bench run --method ar` directories of `bench train slm` checkpoints;
 `llm2slm-NAME=RUN`: another LLM-to-SLM checkpoint (e.g. `--llm-layer`, `--feature-norm`), run with `--no-baseline`.
 Speedup is the ratio of total wall time over the same sentences (the models' tokenizers differ, so tokens/s are
 not comparable across rows); the LLM-to-SLM row's is measured in the same run as the LLM's, the others' across runs
@@ -70,8 +71,8 @@ def training(run: Path) -> dict[str, Any]:
 
 def pair_rows(name: str, runs: dict[str, Path], task: WMT, samples: dict[str, Sample]) -> list[dict[str, Any]]:
     """The table rows of one pair, on the sentences every system finished, scored as the task scores."""
-    lanes = {"llm": records(runs["llm2slm"], "baseline")}
-    lanes |= {key: records(runs[key], role(key)) for key in runs}
+    llm = records(runs["llm2slm"], "baseline")  # empty for a run without baseline: no LLM row, no speedup
+    lanes = ({"llm": llm} if llm else {}) | {key: records(runs[key], role(key)) for key in runs}
     ids = sorted(set.intersection(*(set(lane) for lane in lanes.values())), key=lambda i: (len(i), i))
     refs = [samples[i].reference for i in ids]
     hyps = {key: [first_line(lane[i]["text"]) for i in ids] for key, lane in lanes.items()}
@@ -82,7 +83,7 @@ def pair_rows(name: str, runs: dict[str, Path], task: WMT, samples: dict[str, Sa
         row |= task.score([samples[i] for i in ids], [lane[i]["text"] for i in ids])
         row |= {"s_per_sentence": seconds[key] / len(ids),
                 "tokens_per_s": sum(lane[i]["new_tokens"] for i in ids) / seconds[key],
-                "speedup_vs_llm": seconds["llm"] / seconds[key],
+                "speedup_vs_llm": seconds["llm"] / seconds[key] if llm else None,
                 "speedup_measured": "same run" if key in ("llm", "llm2slm") else "across runs"}  # fmt: skip
         rows[key] = row | (training(runs[key]) if key != "llm" else {})
     for metric in METRICS:

@@ -217,7 +217,7 @@ def test_claim_settings_parse_into_the_methods_options():
     assert setup.options == METHODS.get("speculative").Options().as_dict()
     assert (setup.draft, setup.temperature) == ("double7/vicuna-68m", 0.7)
     assert claim_setup("lookahead", "W=7 prompt_ngrams=true").options["prompt_ngrams"] is True
-    assert claim_setup("medusa", "anything").options is None  # not installed: nothing can match it
+    assert claim_setup("hydra", "anything").options is None  # not installed: nothing can match it
     for bad, message in [("Q=3", "lookahead has no option 'Q'"), ("W=x", "W=x .lookahead. is not a int"),
                          ("8 GPUs", "'8' is not NAME=VALUE"), ("W=0", "--window must be at least 1")]:  # fmt: skip
         with pytest.raises(BenchError, match=message):

@@ -73,8 +73,24 @@ def inputs(tmp_path_factory, tiny_dir) -> dict[str, dict[str, str]]:
     return {"rest": {"datastore": str(store)}}
 
 
+@pytest.fixture(scope="module")
+def drafters(pair: tuple[LoadedModel, LoadedModel], tmp_path_factory) -> dict[str, dict[str, str]]:
+    """The options of the trained-drafter methods: random Medusa heads and an EAGLE layer for the pair's target,
+    saved in the reference layouts (losslessness holds for any drafter)."""
+    from methods.eagle_model import new_layer, save_layer
+    from methods.medusa_model import new_heads, save_heads
+
+    folder = tmp_path_factory.mktemp("drafters")
+    save_heads(new_heads(pair[0], medusa_num_heads=3), folder / "medusa", {})
+    save_layer(new_layer(pair[0]), folder / "eagle", {})
+    eagle = {"draft_heads": str(folder / "eagle")}
+    return {"medusa": {"draft_heads": str(folder / "medusa")}, "eagle": eagle, "eagle2": eagle}
+
+
 def needed(request: pytest.FixtureRequest, name: str) -> dict[str, dict[str, str]] | None:
-    """The `inputs` fixture for a method that needs an input file (built, or skipped, only then)."""
+    """The fixture of a method that needs an input file (built, or skipped, only then)."""
+    if name in ("medusa", "eagle", "eagle2"):
+        return request.getfixturevalue("drafters")
     return request.getfixturevalue("inputs") if name == "rest" else None
 
 
