@@ -104,3 +104,13 @@ def data_dir(tmp_path_factory) -> Path:
     ]
     (root / "mt_bench" / "question.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run on one intra-op thread: two threads spin-wait against each other on a shared CPU (100x
+    slower steps under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -31,14 +31,7 @@ from tests.test_methods import (
 PROMPTS = ["the quick brown fox jumps over", "Write a poem about the sea and", "def add(a, b):\n    return"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run on one intra-op thread: two threads spin-wait against each other on a shared CPU (100x
-    slower steps under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_heads(target: LoadedModel, heads: int = 3, layers: int = 1, seed: int = 0):

@@ -42,14 +42,7 @@ SETTINGS = [  # (options, the target as its own draft)
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run on one intra-op thread: two threads spin-wait against each other on a shared CPU (100x
-    slower steps under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
