@@ -10,7 +10,7 @@ export DECODEBENCH_DATA ?= $(abspath ../shared/data)
 endif
 
 .PHONY: setup test lint format demo bench-timer bench-ar bench-compiled bench-lookahead bench-attention check-ci compare-references \
-	reproduce-cpu reproduce-budget-cpu reproduce-training-free-cpu reproduce-drafters-cpu reproduce-specbench-groups reproduce-llm2slm-cpu reproduce-all clean gpu-check gpu-check-dry
+	reproduce-cpu reproduce-quant-cpu reproduce-budget-cpu reproduce-training-free-cpu reproduce-drafters-cpu reproduce-specbench-groups reproduce-llm2slm-cpu reproduce-all clean gpu-check gpu-check-dry
 
 setup: $(VENV)/.installed
 
@@ -25,8 +25,13 @@ $(VENV)/.ray: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[dev,ray]"
 	touch $@
 
+# llama-cpp-python (`--method llamacpp`) compiles llama.cpp on install: about 7.5 minutes on 2 cores.
+$(VENV)/.llamacpp: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[dev,llamacpp]"
+	touch $@
+
 # Lint (ruff: errors, imports, complexity <= 12), format, then the suite.
-test: setup $(VENV)/.ray
+test: setup $(VENV)/.ray $(VENV)/.llamacpp
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
@@ -127,6 +132,15 @@ reproduce-drafters-cpu: setup
 	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn --out results/cpu \
 		--against lookahead --against spec-bench --against llm-to-slm
 	$(BIN)/python scripts/plot_tree_size.py results/cpu/summary.csv --out results/cpu/tree_size.png
+
+# The compression table (issue: weight-only quantization, batch and context sweeps, quantized self-drafts, llama.cpp):
+# results/quant/ (table.md, summary.csv, batch_speedup.png, speed_quality.png). Needs the llamacpp extra (built by
+# `make test`). Both engines get 2 threads; llama.cpp's threads spin-wait, so time it on an otherwise idle machine.
+reproduce-quant-cpu: setup $(VENV)/.llamacpp
+	$(BIN)/bench sweep results/configs/quant-cpu-smollm2.yaml --no-report
+	$(BIN)/bench sweep results/configs/quant-cpu-qwen.yaml --no-report
+	$(BIN)/bench report results/quant/runs --out results/quant
+	$(BIN)/python scripts/quant_table.py results/quant/summary.csv --out results/quant
 
 # Spec-Bench's per-group table (6 groups + overall) with 3 repeats, CPU-sized (about 25 minutes here).
 reproduce-specbench-groups: setup

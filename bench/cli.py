@@ -19,6 +19,7 @@ from bench.cli_profile import profile_command
 from bench.cli_train_drafter import add_train_commands
 from core.errors import BenchError
 from core.presets import PRESETS, is_cached
+from core.schemes import quiet_torchao
 
 RUN_HELP = "Run a method on a task; resumes the run directory if it exists with the same config."
 
@@ -331,6 +332,7 @@ def main() -> None:
     """Entry point. Usage errors are click's (exit 2); a `BenchError` raised outside a command (a plugin that
     fails to load while `bench run` is built) is one `error:` line and exit 2 as well."""
     try:
+        quiet_torchao()  # before transformers imports it
         app()
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -19,10 +19,12 @@ from core.errors import BenchError
 from core.kernels import KERNELS
 from core.options import Spec
 from core.presets import DEFAULT_MODEL, DTYPE_NAMES
+from core.schemes import SCHEMES
 from tasks.chat import shipped
 
 Dtype = StrEnum("Dtype", {name: name for name in DTYPE_NAMES})
 Kernels = StrEnum("Kernels", {name: name for name in KERNELS})
+Quant = StrEnum("Quant", {name: name for name in SCHEMES})
 Device = StrEnum("Device", {name: name for name in ("cpu", "cuda", *(f"cuda:{i}" for i in range(8)))})
 
 
@@ -61,6 +63,28 @@ def _fixed(
         help="Compiled forwards (torch.compile on a static KV cache, query lengths padded to buckets) for the method "
         "and its AR baseline alike; compiled before timing (compile_s). hf: transformers' static cache + compile.",
         rich_help_panel="Model",
+    ),
+    quant: Quant = typer.Option(
+        "none",
+        help="Quantize the method's target (torchao / PyTorch kernels; docs/quantization.md): int8-wo, int4-wo "
+        "(weight-only), int8-dyn (int8 activations too). The AR baseline stays full precision: the speedup, the "
+        "exactness audit and the quality delta are against it.",
+        rich_help_panel="Model",
+    ),
+    draft_quant: Quant = typer.Option(
+        "none",
+        help="Quantize the draft model (`--draft self --draft-quant int4-wo`: the target's own quantized copy drafts).",
+        rich_help_panel="Model",
+    ),
+    batch_size: int = typer.Option(
+        1,
+        help="Prompts decoded at once by both lanes (left-padded; ar and hf; first turns only).",
+        rich_help_panel="Task",
+    ),
+    perplexity: int = typer.Option(
+        0,
+        help="Also score each lane's target: perplexity on the first N newstest2014 English references.",
+        rich_help_panel="Output",
     ),
     task: str = typer.Option(..., "--task", "-t", help="Task (`bench list tasks`).", rich_help_panel="Task"),
     limit: int | None = typer.Option(None, help="Use the first N samples of the task.", rich_help_panel="Task"),

@@ -91,13 +91,11 @@ def memory_bandwidth(device_name: str = "cpu", megabytes: int = 512, repeats: in
 
 
 def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's unique parameters and buffers (tied weights counted once)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
+    """Bytes the model's unique parameters and buffers store (tied weights once; quantized tensors by what they
+    hold: `core.quant.storage_bytes`)."""
+    from core.quant import storage_bytes
+
+    return storage_bytes(model)
 
 
 def kv_bytes_per_token(model: torch.nn.Module) -> int:

@@ -67,6 +67,31 @@ def exactness(model: Any, prompt_ids: list[int], reference: list[int], output: l
     return {"exact": False, "first_divergence": i, "margin": float(top[0] - top[1])}
 
 
+def text_exactness(output: str, reference: str) -> dict[str, Any]:
+    """Exactness of another engine's output (its own tokens): the texts compared; the divergence is a character."""
+    if output == reference:
+        return {"exact": True, "first_divergence": None, "margin": None}
+    i = next((k for k, (a, b) in enumerate(zip(output, reference, strict=False)) if a != b), None)
+    return {"exact": False, "first_divergence": min(len(output), len(reference)) if i is None else i, "margin": None}
+
+
+def batch_fields(decoded: Decoded, batch: int) -> dict[str, Any]:
+    """A batched generation's own numbers (docs/metrics.md): its latency ends at its last token's batched forward;
+    `total_s`, which every throughput sums, is its share of the batch's time (the batch's time over its size)."""
+    t, n = decoded.timing, len(decoded.tokens)
+    marks = [t.first, *t.steps]
+    latency = marks[n - 1] if n and n - 1 < len(marks) else t.total
+    return {
+        "batch": batch,
+        "batch_total_s": t.total,
+        "latency_s": latency,
+        "total_s": t.total / batch,
+        "tokens_per_s": n * batch / t.total,
+        "tpot_s": (latency - t.first) / (n - 1) if n > 1 else None,
+        "step_s": [round(s, 7) for s in t.step_times],
+    }
+
+
 MIN_CI_PROMPTS = 10  # below this many paired prompts an interval is shown with a warning
 
 
@@ -158,6 +183,7 @@ def aggregate(records: list[dict[str, Any]], baseline: list[dict[str, Any]] | No
         return {"samples": 0}
     tokens = sum(r["new_tokens"] for r in records)
     ms = {k: [r[k] * 1e3 for r in records if r.get(k) is not None] for k in ("ttft_s", "tpot_s", "encode_s")}
+    ms["e2e"] = [r.get("latency_s", r["total_s"]) * 1e3 for r in records]
     exact = [r["exact"] for r in records if r.get("exact") is not None]
     row: dict[str, Any] = {
         "samples": len(records),
@@ -171,6 +197,7 @@ def aggregate(records: list[dict[str, Any]], baseline: list[dict[str, Any]] | No
         "tpot_ms_median": _pct(ms["tpot_s"], 50),
         "tpot_ms_p90": _pct(ms["tpot_s"], 90),
         "encode_ms_median": _pct(ms["encode_s"], 50),
+        "e2e_ms_median": _pct(ms["e2e"], 50),
     }
     row |= acceptance(records) | speedup(records, baseline or [])
     if row["speedup"] is not None:

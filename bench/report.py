@@ -110,6 +110,9 @@ def settings_label(config: dict[str, Any], brief: bool = False) -> str:
         parts.append("compiled")
     if config.get("kernels", "aten") != "aten":
         parts.append(f"kernels={config['kernels']}")
+    parts += [f"{k}={config[k]}" for k in ("quant", "draft_quant") if config.get(k, "none") != "none"]
+    if config.get("batch_size", 1) > 1:
+        parts.append(f"batch={config['batch_size']}")
     return " ".join(parts)
 
 
@@ -201,9 +204,16 @@ def target_generates(method: str) -> bool:
         return True
 
 
+# Columns a run computes once per lane (summary.json), not from its records.
+SUMMARY_ONLY = ("roofline_tokens_per_s", "roofline_fraction", "quant", "model_bytes", "peak_rss_mb",
+                "peak_allocated_mb", "perplexity")  # fmt: skip
+
+
 def _summary_columns(s: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """Roofline and quality of a lane's summary.json row, and each quality metric's delta to the baseline."""
-    out = {k: s.get(k) for k in ("roofline_tokens_per_s", "roofline_fraction")}
+    out = {k: s.get(k) for k in SUMMARY_ONLY}
+    if s.get("perplexity") is not None and base.get("perplexity") is not None:
+        out["perplexity_delta"] = s["perplexity"] - base["perplexity"]
     for name in quality_metrics():
         if name in s:
             out[name] = s[name]
@@ -252,7 +262,8 @@ LEAD = ["model", "method", "settings", "task", "category", "dtype", "samples", "
         "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_of_means", "speedup_mean", "speedup_time", "repeats",
         "speedup_repeat_mean", "speedup_repeat_std", "speedup_decode", "speedup_predicted", "tau", "acceptance_rate",
         "acceptance_by_position", "overhead", "exact_rate", "ttft_ms_median", "ttft_ms_p90", "tpot_ms_median",
-        "tpot_ms_p90", "encode_ms_median"]  # fmt: skip
+        "tpot_ms_p90", "encode_ms_median", "e2e_ms_median", "quant", "model_bytes", "peak_rss_mb", "peak_allocated_mb",
+        "perplexity", "perplexity_delta"]  # fmt: skip
 TRAIL = ["roofline_tokens_per_s", "roofline_fraction", "baseline_tokens_per_s", "paired_samples", "paired_prompts",
          "new_tokens", "flag", "warning", "brief", "options", "draft", "temperature", "model_id", "device",
          "device_name", "torch", "transformers", "commit", "run"]  # fmt: skip

@@ -14,21 +14,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import environment
-from bench.records import aggregate, exactness, generation_record
+from bench import lanes as lanes_lib
+from bench.measure import Lane, Plan, measure
+from bench.records import aggregate
 from bench.store import DirLock, RunStore
-from core import models
+from core import models, quant
 from core.errors import BenchError
 from core.presets import DEFAULT_MODEL, PRESETS
-from core.timing import Timer
-from methods.base import METHODS, Decoded, Method
-from methods.decode import Sampler, StopRule
+from methods.base import METHODS
+from methods.decode import Sampler
 from tasks import chat
 from tasks.base import TASKS, Sample, Task
 
 BASELINE = "ar"
+# Settings added after runs were stored: left out of a run's identity at their defaults, so older runs resume.
+DEFAULTS_OF_OLDER_RUNS = (("compile", False), ("kernels", "aten"), ("quant", "none"), ("draft_quant", "none"),
+                          ("batch_size", 1))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,10 @@ class RunConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     compile: bool = False  # compiled forwards (methods.compiled) for both lanes, graphs compiled before timing
     kernels: str = "aten"  # the linear layers' kernels (core.kernels) of the target and draft, for both lanes
+    quant: str = "none"  # the method lane's target, quantized (core.quant); the baseline stays full precision
+    draft_quant: str = "none"  # the draft, quantized (`--draft self --draft-quant int4-wo`: a quantized self-draft)
+    batch_size: int = 1  # prompts decoded at once, by both lanes (batchable methods: ar, hf)
+    perplexity: int = 0  # score each lane's target on the first N newstest2014 English references (0: no)
     limit: int | None = None
     warmup: int = 1
     repeats: int = 1  # generations of each prompt per lane (interleaved with the baseline's); records say which
@@ -73,6 +80,13 @@ class RunConfig:
             (self.turns is None or self.turns >= 1, f"--turns must be at least 1 (got {self.turns})"),
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1 (got {self.threads})"),
             (self.repeats >= 1, f"--repeats must be at least 1 (got {self.repeats})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (self.perplexity >= 0, f"--perplexity must be >= 0 (got {self.perplexity})"),
+            (self.quant in quant.SCHEMES, f"unknown --quant {self.quant!r}; choose one of {', '.join(quant.SCHEMES)}"),
+            (
+                self.draft_quant in quant.SCHEMES,
+                f"unknown --draft-quant {self.draft_quant!r}; choose one of {', '.join(quant.SCHEMES)}",
+            ),
             (self.top_k >= 0 and self.warmup >= 0, "--top-k and --warmup must be >= 0"),
             (self.dtype in models.DTYPES, f"unknown dtype {self.dtype!r}; choose one of {', '.join(models.DTYPES)}"),
             (not (self.compile and self.device_map), "--compile does not support --device-map"),
@@ -94,17 +108,29 @@ class RunConfig:
         model = self.model or method_cls.default_model(options) or DEFAULT_MODEL
         if self.draft and not method_cls.uses_draft:
             raise BenchError(f"method {self.method} does not take --draft")
+        if self.quant != "none" and not method_cls.quantizable:
+            raise BenchError(f"method {self.method} does not run on a --quant target")
+        if self.batch_size > 1 and not method_cls.batchable:
+            raise BenchError(f"method {self.method} decodes one prompt at a time: drop --batch-size")
         preset = PRESETS.get(model)
         draft = self.draft or (preset.draft if method_cls.uses_draft and preset else None)
-        baseline = self.baseline or self.method == BASELINE  # an `ar` run is the baseline itself
+        baseline = self.baseline or self.is_baseline  # an `ar` run is the baseline itself
+        if self.batch_size > 1 and (self.turns or 1) > 1:
+            raise BenchError("--batch-size decodes first turns only: use --turns 1")
+        turns = 1 if self.batch_size > 1 else self.turns
         return dataclasses.replace(self, model=model, draft=draft, baseline=baseline, options=options.as_dict(),
-                                   task_options=task_options.as_dict())  # fmt: skip
+                                   task_options=task_options.as_dict(), turns=turns)  # fmt: skip
+
+    @property
+    def is_baseline(self) -> bool:
+        """An `ar` run in full precision is the baseline itself (one lane); `ar --quant` is measured against it."""
+        return self.method == BASELINE and self.quant == "none"
 
     def identity(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("limit", "repeats", "out", "warmup", "data_dir"):
+        for k in ("limit", "repeats", "out", "warmup", "data_dir", "perplexity"):
             d.pop(k)
-        d = {k: v for k, v in d.items() if (k, v) not in (("compile", False), ("kernels", "aten"))}  # as older runs
+        d = {k: v for k, v in d.items() if (k, v) not in DEFAULTS_OF_OLDER_RUNS}
         d["chat_template"] = chat.label(self.chat_template)  # a template file by its name; its sha256 is in extra
         return d
 
@@ -123,60 +149,14 @@ class RunConfig:
 
     def baseline_config(self) -> RunConfig:
         """The `ar` run that serves as this run's baseline (same model, dtype, task, samples and stop rule)."""
-        return dataclasses.replace(self, method=BASELINE, draft=None, options={}, out=None)
-
-
-@dataclass
-class Lane:
-    """One decoder of a run: the method under test or its AR baseline, and the store its records go to."""
-
-    role: str  # "method" or "baseline": what the records are
-    method: Method
-    store: RunStore
-
-
-@dataclass
-class Plan:
-    """A run ready to measure: resolved config, task and samples, the loaded target, the lanes (baseline first;
-    an `ar` run has the baseline lane alone)."""
-
-    config: RunConfig
-    task: Task
-    samples: list[Sample]
-    target: models.LoadedModel
-    lanes: list[Lane]
-    compiled: Any = None  # `--compile`: the target's methods.compiled.CompiledModel, shared by the lanes
-    compile_s: dict[str, float] = field(default_factory=dict)  # per lane role: seconds compiling before timing
-
-    @property
-    def store(self) -> RunStore:
-        return self.lanes[-1].store
-
-    def turns(self, sample: Sample) -> list[str]:
-        return self.task.turns(sample)[: self.config.turns]
-
-    def close(self) -> None:
-        """Release the run directories' locks (each store once)."""
-        for store in {id(lane.store): lane.store for lane in self.lanes}.values():
-            store.close()
-
-    def turn_ids(self, sample: Sample | None = None) -> set[str]:
-        """Record ids of every turn and repeat of `sample` (of every sample when None)."""
-        samples = self.samples if sample is None else [sample]
-        repeats = range(1, self.config.repeats + 1)
-        return {turn_id(s.id, t, r) for s in samples for t in range(len(self.turns(s))) for r in repeats}
+        return dataclasses.replace(self, method=BASELINE, draft=None, options={}, out=None, quant="none",
+                                   draft_quant="none")  # fmt: skip
 
 
 @dataclass
 class RunResult:
     out: Path
     summaries: list[dict[str, Any]]
-
-
-def turn_id(sample_id: str, turn: int, repeat: int = 1) -> str:
-    """Record id of a turn: the sample id for the first turn, `ID:tN` for later ones; `:rK` for repeat K > 1."""
-    base = sample_id if turn == 0 else f"{sample_id}:t{turn + 1}"
-    return base if repeat == 1 else f"{base}:r{repeat}"
 
 
 def plan(config: RunConfig, baseline_dir: Path | None = None) -> Plan:
@@ -189,7 +169,7 @@ def plan(config: RunConfig, baseline_dir: Path | None = None) -> Plan:
     samples, task_data = task.load_traced(config.limit)
     if not samples:
         raise BenchError(f"task {config.task} has no samples")
-    shared = baseline_dir if config.method != BASELINE and config.baseline else None
+    shared = baseline_dir if not config.is_baseline and config.baseline else None
     with contextlib.ExitStack() as locked:  # until the stores hold the locks themselves
         for folder in [config.out_dir()] + ([shared] if shared is not None else []):
             locked.enter_context(DirLock.acquire(folder))
@@ -202,25 +182,27 @@ def _open_plan(
     method_cls = METHODS.get(config.method)
     if config.threads:
         torch.set_num_threads(config.threads)
-    target = models.load(config.model, config.dtype, config.device, config.device_map, config.kernels)
-    draft = models.load(config.draft, config.dtype, config.device, kernels=config.kernels) if config.draft else None
-    method = method_cls.create(target, config.sampler(), config.options, draft)
-    compiled = None
+    loaded = lanes_lib.load(config)
+    target = loaded.target
+    method = method_cls.create(loaded.method_target, config.sampler(), config.options, loaded.draft)
+    baseline = METHODS.get(BASELINE)(target, config.sampler()) if config.baseline or config.is_baseline else None
+    compiled = {}
     if config.compile:  # before any run directory is touched: a model it cannot compile is refused here
         from methods.compiled import CompiledModel
 
-        compiled = CompiledModel(target.model)
+        compiled = {id(m.target.model): CompiledModel(m.target.model) for m in (method, baseline) if m is not None}
     env = environment.describe(target.device)
     prompt_template = task.use_template(config.chat_template, target.tokenizer, config.system_prompt)
     extra = {"model_artifact": target.artifact, "task_data": task_data, "prompt_template": prompt_template}
     own = {"method_manifest": manifest} if (manifest := method.manifest()) else {}  # e.g. REST's datastore
+    own |= {"quantization": loaded.quant} if loaded.quant else {}  # schemes, group sizes, library, kernels
     if config.device_map:
         placement = getattr(target.model, "hf_device_map", None) or {"": target.device}  # one device: no map
         extra["placement"] = {k: str(v) for k, v in placement.items()}
     with contextlib.ExitStack() as opened:  # closed again if a later one fails
-        if config.method == BASELINE:  # the baseline alone (a sweep's shared `ar` run, or `bench run --method ar`)
+        if config.is_baseline:  # the baseline alone (a sweep's shared `ar` run, or `bench run --method ar`)
             store = opened.enter_context(RunStore.open(config.out_dir(), config.identity() | extra, env))
-            lanes = [Lane("baseline", method, store)]
+            lanes = [Lane("baseline", baseline, store)]
         else:
             shared = None
             if baseline_dir is not None:
@@ -229,13 +211,12 @@ def _open_plan(
                 extra["baseline_run"] = str(Path(os.path.relpath(baseline_dir, config.out_dir())))
             store = opened.enter_context(RunStore.open(config.out_dir(), config.identity() | extra | own, env))
             lanes = [Lane("method", method, store)]
-            if config.baseline:
-                lanes.insert(0, Lane("baseline", METHODS.get(BASELINE)(target, config.sampler()), shared or store))
+            if baseline is not None:
+                lanes.insert(0, Lane("baseline", baseline, shared or store))
         opened.pop_all()
-    if compiled is not None:
-        for lane in lanes:
-            lane.method.use_compiled(compiled)
-    return Plan(config, task, samples, target, lanes, compiled)
+    for lane in lanes if compiled else []:
+        lane.method.use_compiled(compiled[id(lane.method.target.model)])
+    return Plan(config, task, samples, target, lanes, list(compiled.values()), models=loaded)
 
 
 def run(config: RunConfig, progress: bool = True, baseline_dir: Path | None = None) -> RunResult:
@@ -251,76 +232,50 @@ def run(config: RunConfig, progress: bool = True, baseline_dir: Path | None = No
         p.close()
 
 
-def _decode(p: Plan, method: Method, prompt_ids: list[int], max_new: int) -> Decoded:
-    stop = StopRule(max_new, method.output_eos_ids(), p.task.stop_strings, method.output_tokenizer)
-    if method.sampler is not None:
-        method.sampler.reset()
-    return method.generate(prompt_ids, stop, Timer(p.target.device))
-
-
-def measure(p: Plan, progress: bool = True) -> None:
-    """Decode every unfinished sample with every lane (baseline first), storing each generation as it ends."""
-    pending = [s for s in p.samples if any(not lane.store.has(lane.role, pid) for lane in p.lanes
-                                           for pid in p.turn_ids(s))]  # fmt: skip
-    if pending:
-        first = p.task.prompt_ids(pending[0], p.target.tokenizer, [])
-        if p.compiled is not None:  # every graph the timed part runs, compiled now; a later compile is an error
-            p.compile_s = {lane.role: lane.method.warm_up_compiled(first) for lane in p.lanes}
-            p.compiled.seal()
-        for lane in p.lanes:  # warm up; then the method forgets what the warm-up taught it (e.g. suffix's tree)
-            for _ in range(p.config.warmup):
-                _decode(p, lane.method, first, min(16, p.config.max_new_tokens))
-            lane.method.end_warm_up()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=not progress) as bar:
-        job = bar.add_task(f"{p.config.method} on {p.config.task}", total=len(p.samples))
-        bar.update(job, completed=len(p.samples) - len(pending))
-        for sample in pending:
-            for repeat in range(1, p.config.repeats + 1):  # each repeat: the baseline, then the method
-                for lane in p.lanes:
-                    _measure_turns(p, lane, sample, repeat)
-            bar.advance(job)
-
-
-def _measure_turns(p: Plan, lane: Lane, sample: Sample, repeat: int = 1) -> None:
-    """Every turn of `sample` with one lane; later turns see the lane's own earlier answers."""
-    history: list[tuple[str, str]] = []
-    baseline = p.lanes[0] if p.lanes[0].role == "baseline" else None
-    for t, user_text in enumerate(p.turns(sample)):
-        pid = turn_id(sample.id, t, repeat)
-        record = lane.store.get(lane.role, pid)
-        if record is None:
-            ids = p.task.prompt_ids(sample, p.target.tokenizer, history)
-            decoded = _decode(p, lane.method, ids, p.config.max_new_tokens)
-            text = lane.method.output_tokenizer.decode(decoded.tokens, skip_special_tokens=True)
-            record = generation_record(lane.role, lane.method.name, pid, decoded, text)
-            record |= {"sample_id": sample.id, "turn": t + 1, "repeat": repeat, "prompt_tokens": len(ids),
-                       "prompt_ids": ids, "category": sample.meta.get("category")}  # fmt: skip
-            reference = baseline.store.get("baseline", pid) if baseline and lane is not baseline else None
-            if reference and lane.method.sampler is None and lane.method.lossless:
-                record.update(exactness(p.target.model, ids, reference["token_ids"], decoded.tokens))
-            lane.store.append(record)
-        history.append((user_text, record["text"]))
-
-
 def finish(p: Plan) -> list[dict[str, Any]]:
     """One summary row per lane (records of this run's samples), with quality and roofline; written to
     summary.json (the shared baseline's run directory gets its own)."""
     ids = p.turn_ids()
     records = {lane.role: [r for r in lane.store.records(lane.role) if r["prompt_id"] in ids] for lane in p.lanes}
     baseline = records.get("baseline")
-    summaries = []
+    peak = lanes_lib.peak_memory(p.target.device)  # after the timed generations, before anything else allocates
+    summaries, scores = [], perplexities(p)
     for lane in p.lanes:
         paired = baseline if lane.role == "method" else None  # the baseline is not paired with itself
         row = {"role": lane.role, "method": lane.method.name} | aggregate(records[lane.role], paired)
         if p.config.compile:
             row["compile_s"] = p.compile_s.get(lane.role)  # None: nothing was compiled (a finished run resumed)
-        summaries.append(row | quality(p.task, p.samples, records[lane.role]))
-    add_roofline(summaries, baseline or records.get("method", []), p.target)
+        row["quant"] = p.config.quant if lane.role == "method" else "none"
+        row |= peak | ({"model_bytes": lanes_lib.model_bytes(p.models, lane.role)} if p.models is not None else {})
+        row |= quality(p.task, p.samples, records[lane.role]) | scores.get(id(lane.method.target.model), {})
+        if lane.method.compares_text:  # another engine ran its own file (llama.cpp): its bytes, no torch roofline
+            row["model_bytes"] = lane.method.manifest().get("gguf_bytes")
+        else:
+            add_roofline([row], baseline or records.get("method", []), lane.method.target, p.config.batch_size)
+        summaries.append(row)
     p.store.write_summary(summaries)
     if baseline is not None and p.lanes[0].store is not p.store:  # the shared `ar` run, as if run alone
         p.lanes[0].store.write_summary(summaries[:1])
     return summaries
+
+
+def perplexities(p: Plan) -> dict[int, dict[str, Any]]:
+    """`--perplexity N`: each lane target's perplexity on the first N newstest2014 English references (once per
+    model: the baseline's full-precision target and a quantized copy differ), keyed by the model's id."""
+    if not p.config.perplexity:
+        return {}
+    from core.perplexity import perplexity
+    from tasks.fixed_text import perplexity_texts
+
+    texts, identity = perplexity_texts(p.config.data_dir, p.config.perplexity)
+    out = {}
+    scored = [lane.method.target for lane in p.lanes if not lane.method.compares_text]  # llama.cpp: not a torch model
+    for target in {id(t.model): t for t in scored}.values():
+        score = perplexity(target.model, target.tokenizer, texts)
+        text = f"{identity['split']}[:{identity['n']}] sha256 {identity['sha256']}"
+        out[id(target.model)] = {"perplexity": score["perplexity"], "perplexity_tokens": score["tokens"],
+                                 "perplexity_text": text}  # fmt: skip
+    return out
 
 
 def quality(task: Task, samples: list[Sample], records: list[dict[str, Any]]) -> dict[str, float]:
@@ -330,13 +285,16 @@ def quality(task: Task, samples: list[Sample], records: list[dict[str, Any]]) ->
     return task.score([s for s, _ in done], [r["text"] for _, r in done]) if done else {}
 
 
-def add_roofline(summaries: list[dict[str, Any]], records: list[dict[str, Any]], target: models.LoadedModel) -> None:
-    """Roofline tokens/s (bandwidth / bytes read per token at the mean context length) and, for rows with
-    one token per forward of the target (autoregressive), the fraction of it reached."""
+def add_roofline(summaries: list[dict[str, Any]], records: list[dict[str, Any]], target: models.LoadedModel,
+                 batch: int = 1) -> None:  # fmt: skip
+    """Roofline tokens/s (bandwidth / bytes read per token at the mean context length; a batch of B reads the
+    weights once for B tokens) and, for rows with one token per forward of the target (autoregressive), the
+    fraction of it reached."""
     if not records:
         return
     context = sum(r["prompt_tokens"] + r["new_tokens"] / 2 for r in records) / len(records)
-    per_token = environment.model_bytes(target.model) + environment.kv_bytes_per_token(target.model) * context
+    weights = environment.model_bytes(target.model) / batch
+    per_token = weights + environment.kv_bytes_per_token(target.model) * context
     roofline = environment.memory_bandwidth(str(target.device)) / per_token
     for s in summaries:
         if s.get("samples"):

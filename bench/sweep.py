@@ -38,13 +38,15 @@ from bench.runner import BASELINE, RunConfig
 from bench.store import MANIFEST, SUMMARY
 from core.errors import BenchError
 from core.files import portable, read_json, write_json
+from methods.base import METHODS
 
 RUN_SETTINGS = {f.name for f in fields(RunConfig)} - {"method", "task", "model", "dtype", "options", "task_options",
                                                       "draft", "out"}  # fmt: skip
 TOP_KEYS = {"name", "out", "models", "dtypes", "tasks", "methods", "device", "resources"} | RUN_SETTINGS
 EXECUTORS = ("local", "ray")
-METHOD_KEYS = {"method", "settings", "grid", "draft", "models", "tasks"}
-TASK_SETTINGS = {"limit", "max_new_tokens", "turns", "chat_template", "system_prompt"}  # other keys: task options
+METHOD_KEYS = {"method", "settings", "grid", "draft", "models", "dtypes", "tasks", "quant", "draft_quant"}
+# other keys of a task entry are task options
+TASK_SETTINGS = {"limit", "max_new_tokens", "turns", "chat_template", "system_prompt", "batch_size", "perplexity"}
 
 
 @dataclass
@@ -125,19 +127,28 @@ def cells(config: dict[str, Any], root: Path) -> list[Cell]:
     out = []
     grid = itertools.product(config["models"], config.get("dtypes", ["float32"]), _task_entries(config))
     for model, dtype, (task, settings, task_options) in grid:
-        label = "-".join([task, *map(str, task_options.values())])
+        batch = [f"b{settings['batch_size']}"] if settings.get("batch_size", 1) > 1 else []
+        label = "-".join([task, *map(str, task_options.values()), *batch])
         folder = root / label / f"{Path(model).name}-{dtype}"
         for entry in _method_entries(config):
-            if model not in entry.get("models", [model]) or task not in entry.get("tasks", [task]):
+            tasks = entry.get("tasks", [task])  # task names, or labels (the folder names) for one task entry
+            if model not in entry.get("models", [model]) or (task not in tasks and label not in tasks):
                 continue
+            if dtype not in entry.get("dtypes", [dtype]):
+                continue
+            if settings.get("batch_size", 1) > 1 and not METHODS.get(entry["method"]).batchable:
+                continue  # a batched task entry runs the methods that decode batches (ar, hf), and only those
             for options in _option_sets(entry, f"method {entry['method']}"):
+                quants = {k: entry[k] for k in ("quant", "draft_quant") if k in entry}
                 run = RunConfig(
                     method=entry["method"], task=task, model=model, dtype=dtype, draft=entry.get("draft"),
-                    options=options, task_options=task_options, **(common | settings),
+                    options=options, task_options=task_options, **(common | settings | quants),
                 ).resolve()  # fmt: skip
-                if run.method == BASELINE:
+                if run.is_baseline:
                     continue  # the shared baseline
-                suffix = settings_label({"method": run.method, "options": options, "draft": entry.get("draft")})
+                suffix = settings_label(
+                    {"method": run.method, "options": options, "draft": entry.get("draft")} | quants
+                )
                 suffix = suffix.replace("=", "").replace(" ", "_").replace("/", "_")
                 run = replace(run, out=str(folder / (run.method + (f"-{suffix}" if suffix else ""))))
                 out.append(Cell(run, folder / BASELINE if run.baseline else None))

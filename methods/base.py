@@ -45,6 +45,9 @@ class Method(ABC):
     uses_draft: ClassVar[bool] = False  # needs a draft model (`--draft`)
     encoder_decoder_target: ClassVar[bool] = False  # takes an encoder-decoder target (T5); the others decode only
     compilable: ClassVar[bool] = False  # runs compiled with `--compile` (`use_compiled`)
+    quantizable: ClassVar[bool] = True  # runs on a `--quant` copy of the target (its LM head may be quantized)
+    batchable: ClassVar[bool] = False  # decodes several prompts at once (`--batch-size`, `generate_batch`)
+    compares_text: ClassVar[bool] = False  # its tokens are another engine's: exactness compares texts (llama.cpp)
 
     def __init__(self, target: LoadedModel, sampler: Sampler | None, options: Options | None = None,
                  draft: LoadedModel | None = None) -> None:  # fmt: skip
@@ -107,6 +110,11 @@ class Method(ABC):
     @abstractmethod
     def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
         """Generate a continuation of `prompt_ids` until `stop` ends it, marking `timer` along the way."""
+
+    def generate_batch(self, prompts: list[list[int]], stops: list[StopRule], timer: Timer) -> list[Decoded]:
+        """Decode several prompts at once (`batchable` methods): one `Decoded` per prompt, in order, each with its
+        own tokens (cut by its own stop rule) and the batch's shared timing (marks after each batched forward)."""
+        raise BenchError(f"method {self.name} decodes one prompt at a time: drop --batch-size")
 
 
 class DraftingMethod(Method):

@@ -211,6 +211,7 @@ class _EagleMethod(DraftingMethod):
 
     family = "eagle"
     compilable = False  # the drafter reads the target's hidden states (eager forward only)
+    quantizable = False  # the draft layer reads the target's LM head weight
 
     def __init__(self, target: LoadedModel, sampler: Sampler | None, options: Options | None = None,
                  draft: LoadedModel | None = None) -> None:  # fmt: skip

@@ -19,8 +19,9 @@ from transformers.generation.streamers import BaseStreamer
 
 from core.errors import BenchError
 from core.options import Options, option
-from core.timing import Timer
+from core.timing import Timer, Timing
 from methods.base import Decoded, Method, register
+from methods.batched import check_batch, left_pad, pad_id
 from methods.decode import StopRule
 from methods.pld import PromptLookupOptions
 
@@ -43,16 +44,18 @@ class _MarkingStreamer(BaseStreamer):
         pass
 
 
-class _StopStrings(StoppingCriteria):
-    """Stops `generate` where our stop rule would (a stop string in the generated text)."""
+class _RowStops(StoppingCriteria):
+    """Stops each row of `generate` where its own stop rule ends it (a stop string in its generated text, and, where
+    the rows' rules differ, its own EOS ids and max new tokens), checking only the tokens new since the last call."""
 
-    def __init__(self, stop: StopRule, prompt_len: int) -> None:
-        self.stop, self.prompt_len = stop, prompt_len
+    def __init__(self, stops: list[StopRule], prompt_len: int) -> None:
+        self.stops, self.prompt_len, self.checked = stops, prompt_len, 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        new = input_ids[0, self.prompt_len :].tolist()
-        done = any(s in self.stop.tokenizer.decode(new) for s in self.stop.stop_strings)
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+        rows = input_ids[:, self.prompt_len :].tolist()
+        done = [stop.end(row, self.checked) is not None for stop, row in zip(self.stops, rows, strict=True)]
+        self.checked = len(rows[0])
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class _ForwardCounter:
@@ -72,26 +75,40 @@ class _ForwardCounter:
         self.handle.remove()
 
 
+@dataclass
+class _Run:
+    """One `generate()` call: each row's new tokens, tokens emitted per step, forward counts, the timing."""
+
+    rows: list[list[int]]
+    sizes: list[int]
+    forwards: int | None  # target forwards (None when compiled: a hook would make transformers recompile)
+    draft_forwards: int
+    timing: Timing
+
+
 class _Generate(Method):
     """Shared driver of transformers' `generate()`; subclasses add their keyword arguments."""
 
     def generate_kwargs(self) -> dict[str, Any]:
         return {}
 
-    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
-        model, tokenizer = self.target.model, self.target.tokenizer
-        kwargs = dict(max_new_tokens=stop.max_new_tokens, eos_token_id=sorted(stop.eos_ids) or None)
+    def _run(self, prompts: list[list[int]], stops: list[StopRule], timer: Timer) -> _Run:
+        """`generate()` on the prompts, left-padded into one batch; each row cut where its own stop rule ends."""
+        model = self.target.model
+        eos = frozenset.intersection(*(stop.eos_ids for stop in stops))  # generate's own EOS stop: ids every row has
+        kwargs = dict(max_new_tokens=max(stop.max_new_tokens for stop in stops), eos_token_id=sorted(eos) or None)
         kwargs |= self.generate_kwargs()
-        if stop.stop_strings:  # our own criterion: transformers' stop_strings break assisted generation
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings(stop, len(prompt_ids))])
+        alike = len({(stop.max_new_tokens, stop.eos_ids) for stop in stops}) == 1
+        if not alike or any(stop.stop_strings for stop in stops):  # transformers' stop_strings break assisted
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_RowStops(stops, max(map(len, prompts)))])
         if self.sampler is None:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             s = self.sampler
             torch.manual_seed(s.seed)
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
-        prompt = torch.tensor([prompt_ids], device=self.target.device)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop.eos_ids, default=0)
+        pad = pad_id(self.target.tokenizer, frozenset().union(*(stop.eos_ids for stop in stops)))
+        prompt, mask = left_pad(prompts, pad, self.target.device)
         draft = kwargs.get("assistant_model")
         streamer = _MarkingStreamer(timer)
         compiled = "compile_config" in kwargs  # then a forward hook would make transformers recompile every call
@@ -99,23 +116,23 @@ class _Generate(Method):
         with _ForwardCounter(counted) as target_calls, _ForwardCounter(draft or torch.nn.Identity()) as draft_calls:
             timer.start()
             with torch.inference_mode():
-                out = model.generate(
-                    prompt,
-                    attention_mask=torch.ones_like(prompt),
-                    pad_token_id=pad,
-                    streamer=streamer,
-                    **kwargs,
-                )
+                out = model.generate(prompt, attention_mask=mask, pad_token_id=pad, streamer=streamer, **kwargs)
             timing = timer.read()
-        new = out[0, len(prompt_ids) :].tolist()
-        new = new[: stop.end(new, 0) or len(new)]  # generate pads finished rows; keep our stop rule's length
+        rows = []
+        for stop, new in zip(stops, out[:, prompt.shape[1] :].tolist(), strict=True):
+            rows.append(new[: stop.end(new, 0) or len(new)])  # generate pads ended rows; keep our rule's length
+        forwards = None if compiled else target_calls.count  # compiled: one forward per emitted step
+        return _Run(rows, streamer.sizes, forwards, draft_calls.count, timing)
+
+    def generate(self, prompt_ids: list[int], stop: StopRule, timer: Timer) -> Decoded:
+        run = self._run([prompt_ids], [stop], timer)
+        new = run.rows[0]
         accepted, left = [], len(new)
-        for size in streamer.sizes:  # tokens committed per emitted step, cut where our stop rule ends
+        for size in run.sizes:  # tokens committed per emitted step, cut where our stop rule ends
             if left > 0:
                 accepted.append(min(size, left))
                 left -= accepted[-1]
-        forwards = None if compiled else target_calls.count  # compiled: one forward per emitted step
-        return Decoded(new, accepted, timing, draft_forwards=draft_calls.count, forwards=forwards)
+        return Decoded(new, accepted, run.timing, draft_forwards=run.draft_forwards, forwards=run.forwards)
 
 
 @register
@@ -123,6 +140,7 @@ class HFGenerate(_Generate):
     name = "hf"
     description = "transformers generate() (greedy or sampling), external reference"
     compilable = True  # --compile: transformers' static cache and its own torch.compile of the forward
+    batchable = True  # --batch-size: generate() on the left-padded batch
     compile_config: CompileConfig | None = None
 
     def use_compiled(self, compiled: Any) -> None:
@@ -143,6 +161,14 @@ class HFGenerate(_Generate):
         for new_tokens in (8, 24):
             self.generate(prompt_ids, StopRule(new_tokens), Timer(self.target.device))
         return time.perf_counter() - start
+
+    def generate_batch(self, prompts: list[list[int]], stops: list[StopRule], timer: Timer) -> list[Decoded]:
+        """One batched `generate()`: every row gets its own tokens, one per forward, and the batch's timing."""
+        check_batch(prompts, stops)
+        if self.compile_config is not None and len(prompts) > 1:
+            raise BenchError("hf --compile decodes one prompt at a time: drop --batch-size or --compile")
+        run = self._run(prompts, stops, timer)
+        return [Decoded(tokens, [1] * len(tokens), run.timing) for tokens in run.rows]
 
 
 ASSISTED_SCHEDULES = ("constant", "transformers")

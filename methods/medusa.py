@@ -192,6 +192,7 @@ class Medusa(DraftingMethod):
     family = "medusa"
     Options = MedusaOptions
     compilable = False
+    quantizable = False  # the heads read the target's LM head weight
 
     def __init__(self, target: LoadedModel, sampler: Sampler | None, options: MedusaOptions | None = None,
                  draft: LoadedModel | None = None) -> None:  # fmt: skip
