@@ -123,12 +123,15 @@ reproduce-drafters-cpu: setup
 	$(BIN)/bench train eagle $(DRAFTERS_TRAIN) --steps 400 --lr 5e-4 --eval-every 50 --save-every 50 --out ckpt/eagle-smollm2-135m
 	$(BIN)/bench train medusa $(DRAFTERS_TRAIN) --steps 150 --eval-every 25 --save-every 25 --answers-from ckpt/eagle-smollm2-135m \
 		--out ckpt/medusa-smollm2-135m
+	$(BIN)/bench train eagle --model qwen2.5-coder-1.5b --prompts 96 --answer-tokens 96 --steps 120 --lr 5e-4 \
+		--eval-samples 8 --eval-every 20 --save-every 20 --threads 1 --out ckpt/eagle-qwen2.5-coder-1.5b
 	mkdir -p results/cpu/drafters
-	for d in eagle-smollm2-135m medusa-smollm2-135m; do \
+	for d in eagle-smollm2-135m medusa-smollm2-135m eagle-qwen2.5-coder-1.5b; do \
 		for f in checkpoint.json history.csv loss.png; do cp ckpt/$$d/$$f results/cpu/drafters/$$d-$$f || exit 1; done; \
 		sha256sum ckpt/$$d/*.safetensors ckpt/$$d/medusa_lm_head.pt 2>/dev/null; \
 	done > results/cpu/drafters/SHA256SUMS
 	$(BIN)/bench sweep results/configs/cpu-drafters.yaml --no-report
+	$(BIN)/bench sweep results/configs/cpu-drafters-qwen.yaml --no-report
 	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn --out results/cpu \
 		--against lookahead --against spec-bench --against llm-to-slm
 	$(BIN)/python scripts/plot_tree_size.py results/cpu/summary.csv --out results/cpu/tree_size.png

@@ -235,7 +235,8 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
     }  # fmt: skip
     lanes = [("method", config["method"], settings_label(config), settings_label(config, brief=True), run.method)]
     if run.baseline and not config.get("baseline_run"):
-        lanes.append(("baseline", "ar", "", "", run.baseline))
+        batch = settings_label({"method": "ar", "batch_size": config.get("batch_size", 1)})  # its only setting
+        lanes.append(("baseline", "ar", batch, batch, run.baseline))
     rows, curves = [], cost_curves(run)
     for role, method, settings, brief, records in lanes:
         categories = sorted({r.get("category") for r in records} - {None})

@@ -247,10 +247,11 @@ def finish(p: Plan) -> list[dict[str, Any]]:
             row["compile_s"] = p.compile_s.get(lane.role)  # None: nothing was compiled (a finished run resumed)
         row["quant"] = p.config.quant if lane.role == "method" else "none"
         row |= peak | ({"model_bytes": lanes_lib.model_bytes(p.models, lane.role)} if p.models is not None else {})
-        row |= quality(p.task, p.samples, records[lane.role]) | scores.get(id(lane.method.target.model), {})
+        row |= quality(p.task, p.samples, records[lane.role])
         if lane.method.compares_text:  # another engine ran its own file (llama.cpp): its bytes, no torch roofline
             row["model_bytes"] = lane.method.manifest().get("gguf_bytes")
-        else:
+        else:  # a torch model: its perplexity (--perplexity) and roofline
+            row |= scores.get(id(lane.method.target.model), {})
             add_roofline([row], baseline or records.get("method", []), lane.method.target, p.config.batch_size)
         summaries.append(row)
     p.store.write_summary(summaries)

@@ -121,11 +121,12 @@ def predicted_speedup(pairs: list[tuple[dict[str, Any], dict[str, Any]]], curve:
 
 
 def measured_decode_speedup(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> float | None:
-    """The measured speedup of the same phase: tokens after the first forward over the time after the first token."""
+    """The measured speedup of the same phase: tokens after the first forward over the time after the first token
+    (in a batch, each generation's share of the batch's decode time)."""
 
     def rate(records: list[dict[str, Any]]) -> float:
         tokens = sum(r["new_tokens"] - r["accepted"][0] for r in records)
-        seconds = sum(r["total_s"] - r["ttft_s"] for r in records)
+        seconds = sum((r.get("batch_total_s", r["total_s"]) - r["ttft_s"]) / r.get("batch", 1) for r in records)
         return tokens / seconds if seconds > 0 else float("nan")
 
     if not pairs:

@@ -113,7 +113,7 @@ class Int8WeightOnlyLinear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(CPU_COMPUTE)
+        rows = x.reshape(-1, self.in_features).to(CPU_COMPUTE).contiguous()
         y = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scales).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
@@ -145,7 +145,7 @@ class Int4WeightOnlyLinear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(CPU_COMPUTE)
+        rows = x.reshape(-1, self.in_features).to(CPU_COMPUTE).contiguous()  # the kernel takes contiguous rows only
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.qweight, self.group_size, self.scales_and_zeros)
         if y.shape[-1] != self.out_features:  # zero-padded rows
             y = y[:, : self.out_features]

@@ -79,13 +79,17 @@ class _LlamaCpp(Method):
         self.llama_cpp = import_llama_cpp()
         self.threads = torch.get_num_threads()  # the run's --threads
         self.path = gguf_for(self.source, self.options.gguf_type, self.threads)
+        draft = self.draft_model()
         try:
             self.llm = self.llama_cpp.Llama(
                 str(self.path),
                 n_ctx=self.options.n_ctx,
                 n_threads=self.threads,
                 n_threads_batch=self.threads,
-                draft_model=self.draft_model(),
+                draft_model=draft,
+                # with a draft, llama-cpp-python 0.3.36 keeps every row's logits but sizes their buffer from this
+                # argument (n_batch rows when False): a prompt past n_batch tokens then fails to broadcast
+                logits_all=draft is not None,
                 verbose=False,
             )
         except ValueError as exc:

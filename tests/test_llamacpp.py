@@ -133,7 +133,9 @@ def test_timing_counts_and_no_prefix_reuse(smollm2, plain):
 def test_pld_equals_plain_greedy_and_accepts_drafts(smollm2, plain):
     pld = METHODS.get("llamacpp-pld").create(smollm2)
     stop = StopRule(32, frozenset(smollm2.eos_ids()))
-    for ids in [smollm2.tokenizer.encode(REPEAT, add_special_tokens=False), chat(smollm2, REPEAT)]:
+    long = smollm2.tokenizer.encode(REPEAT * 40, add_special_tokens=False)  # past n_batch (512): logits buffer
+    assert len(long) > 512
+    for ids in [smollm2.tokenizer.encode(REPEAT, add_special_tokens=False), chat(smollm2, REPEAT), long]:
         want = plain.generate(ids, stop, Timer())
         got = pld.generate(ids, stop, Timer())
         assert got.tokens == want.tokens

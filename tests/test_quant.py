@@ -237,3 +237,15 @@ def test_cuda_schemes_through_quantize_(tiny, ids, scheme, dtype):
     if scheme != "int4-wo":  # the tile-packed layout pads the tiny model's 64-wide layers to 1024
         assert record["bytes_after"] < record["bytes_before"] / (1.5 if dtype == torch.bfloat16 else 3)
     assert relative_error(logits(copied, ids.cuda()), want) < LOGIT_ERROR[scheme]
+
+
+@pytest.mark.parametrize("scheme", ["int8-wo", "int4-wo"])
+def test_non_contiguous_bf16_rows(scheme):
+    """A batch's activations can arrive as a non-contiguous view; in bf16 no cast copies them (the int4 kernel
+    refuses such rows)."""
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Linear(256, 64, bias=False)).to(torch.bfloat16)
+    quantized = quant.quantized_copy(linear, scheme)
+    x = torch.randn(8, 4, 256, dtype=torch.bfloat16).transpose(0, 1)
+    assert not x.is_contiguous()
+    assert torch.equal(quantized(x), quantized(x.contiguous()))
