@@ -118,8 +118,10 @@ class RunConfig:
         if self.batch_size > 1 and (self.turns or 1) > 1:
             raise BenchError("--batch-size decodes first turns only: use --turns 1")
         turns = 1 if self.batch_size > 1 else self.turns
-        return dataclasses.replace(self, model=model, draft=draft, baseline=baseline, options=options.as_dict(),
-                                   task_options=task_options.as_dict(), turns=turns)  # fmt: skip
+        resolved = dataclasses.replace(self, model=model, draft=draft, baseline=baseline, options=options.as_dict(),
+                                       task_options=task_options.as_dict(), turns=turns)  # fmt: skip
+        lanes_lib.check(resolved)  # quantization schemes and their combinations, before any data or model loads
+        return resolved
 
     @property
     def is_baseline(self) -> bool:
