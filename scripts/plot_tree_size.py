@@ -50,12 +50,16 @@ def main() -> None:
     df = pd.read_csv(args.summary)
     df = df[df["method"].isin(METHODS) & (df["category"] == "all") & df["temperature"].fillna(0).eq(0)].copy()
     df["size"] = [tree_size(m, settings(s)) for m, s in zip(df["method"], df["settings"], strict=True)]
-    fig, (speed, tau) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for (model, method), rows in df.sort_values("size").groupby(["model", "method"], sort=False):
-        colour, label = method_colour(method), f"{method}, {model}"
+    fig, (speed, tau) = plt.subplots(1, 2, figsize=(13, 5.5))
+    models = sorted(df["model"].unique())
+    tasks = sorted(df["task"].astype(str).unique())
+    for (model, method, task), rows in df.sort_values("size").groupby(["model", "method", "task"], sort=False):
+        colour, label = method_colour(method), f"{method}, {model}, {task}"
+        line, marker = ("-", "--", ":")[models.index(model) % 3], "os^D"[tasks.index(task) % 4]
+        style = {"color": colour, "ls": line, "marker": marker}
         err = [rows["speedup"] - rows["speedup_ci_low"], rows["speedup_ci_high"] - rows["speedup"]]
-        speed.errorbar(rows["size"], rows["speedup"], yerr=err, marker="o", capsize=3, color=colour, label=label)
-        tau.plot(rows["size"], rows["tau"], marker="o", color=colour, label=label)
+        speed.errorbar(rows["size"], rows["speedup"], yerr=err, capsize=3, label=label, **style)
+        tau.plot(rows["size"], rows["tau"], label=label, **style)
     speed.axhline(1.0, color="grey", lw=0.8, ls="--")
     speed.set(xlabel="draft tokens verified per step (tree size)", ylabel="speedup over our AR loop (95% CI)")
     tau.set(xlabel="draft tokens verified per step (tree size)", ylabel="tau (tokens per target forward)")
@@ -63,9 +67,8 @@ def main() -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks([4, 8, 16, 32, 64], ["4", "8", "16", "32", "64"])
         ax.grid(alpha=0.3)
-    speed.legend(fontsize=8)
-    task = ", ".join(sorted(df["task"].astype(str).unique()))
-    fig.suptitle(f"Trained drafters: tree size on this CPU ({task}, greedy)")
+    speed.legend(fontsize=7)
+    fig.suptitle("Trained drafters: tree size on this CPU (greedy; line style: model, marker: task)")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
