@@ -49,8 +49,8 @@ def quantized(loaded: models.LoadedModel, scheme: str) -> tuple[models.LoadedMod
 
 
 def load(config: Any) -> RunModels:
-    """Load the target once in full precision, then derive the method's target and the draft from the config."""
-    check(config)
+    """Load the target once in full precision, then derive the method's target and the draft from the config
+    (a resolved one: `RunConfig.resolve` has run `check`)."""
     target = models.load(config.model, config.dtype, config.device, config.device_map, config.kernels)
     out = RunModels(target, target)
     if config.quant != "none":

@@ -88,7 +88,6 @@ def batch_fields(decoded: Decoded, batch: int) -> dict[str, Any]:
         "total_s": t.total / batch,
         "tokens_per_s": n * batch / t.total,
         "tpot_s": (latency - t.first) / (n - 1) if n > 1 else None,
-        "step_s": [round(s, 7) for s in t.step_times],
     }
 
 
