@@ -12,7 +12,13 @@ import typer
 _MODEL = typer.Option(..., help="The frozen target: preset, hub id or local folder.")
 _OUT = typer.Option(..., help="Output folder (loadable by --draft-heads); the same command again resumes it.")
 _DATA = typer.Option(
-    None, help='Prompts instead of the default mix: a jsonl of {"prompt": str} or {"messages": [...]} lines.'
+    None,
+    help='Prompts instead of the default mix: a jsonl of {"prompt": str} or {"messages": [...]} lines (chat '
+    'template), or {"text": str} lines (continued as they stand: code completion).',
+)
+_DTYPE = typer.Option(
+    "float32",
+    help="The target's dtype (answers, features, loss). bfloat16: mixed-precision training, fp32 drafter weights.",
 )
 _DATA_DIR = typer.Option(None, help="Folder with the default mix's data (else $DECODEBENCH_DATA).")
 _PROMPTS = typer.Option(
@@ -48,6 +54,7 @@ def add_train_commands(train_app: typer.Typer, guarded: Callable[..., Callable[.
         ),
         layers: int = typer.Option(1, help="ResBlocks per head (the reference's medusa_num_layers, 1)."),
         data: str | None = _DATA,
+        dtype: str = _DTYPE,
         data_dir: str | None = _DATA_DIR,
         prompts: int | None = _PROMPTS,
         answer_tokens: int = _ANSWER_TOKENS,
@@ -71,6 +78,7 @@ def add_train_commands(train_app: typer.Typer, guarded: Callable[..., Callable[.
         model: str = _MODEL,
         out: str = _OUT,
         data: str | None = _DATA,
+        dtype: str = _DTYPE,
         data_dir: str | None = _DATA_DIR,
         prompts: int | None = _PROMPTS,
         answer_tokens: int = _ANSWER_TOKENS,

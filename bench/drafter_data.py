@@ -6,8 +6,8 @@ prompt), GSM8K test questions outside Spec-Bench's math_reasoning 80 (bare, as t
 first two sentences of TinyStories paragraphs ("Continue the story: ..."), from the data folder. Any prompt whose
 text (letters and digits only, lower-cased) equals an evaluation sample's (Spec-Bench, MT-bench, HumanEval,
 newstest2014) is dropped, and newstest2014 is never a source. `--data FILE.jsonl` replaces the mix: lines
-{"prompt": str} or {"messages": [...]}. Prompts are formatted as evaluation prompts are (the target's chat
-template, else plain text).
+{"prompt": str} or {"messages": [...]}, formatted as evaluation prompts are (the target's chat template, else plain
+text), or {"text": str}, continued as it stands (no chat template: code completion, as the humaneval task prompts).
 
 Answers are generated in batches (left padding, greedy, up to --answer-tokens, ending at EOS) and appended to
 `distill.jsonl` after every batch, so an interrupted run resumes without regenerating. Features are computed once
@@ -47,7 +47,15 @@ TARGET_BATCH = 16  # sequences per generate() call and per feature forward (fixe
 MAX_PROMPT_TOKENS = 1024  # longer prompts are skipped (truncating would cut the chat template)
 FEATURE_DTYPE = torch.bfloat16
 
-Prompt = str | list[dict[str, str]]  # a user turn, or a conversation ending with a user turn
+
+@dataclass(frozen=True)
+class Continuation:
+    """A prompt the target continues as it stands, without a chat template (a code-completion prompt)."""
+
+    text: str
+
+
+Prompt = str | list[dict[str, str]] | Continuation  # a user turn, a conversation ending with a user turn, or raw text
 
 
 @dataclass
@@ -107,19 +115,22 @@ def default_prompts(data_dir: Path | None, n: int, seed: int) -> list[str]:
 
 
 def file_prompts(path: Path) -> list[Prompt]:
-    """The prompts of a jsonl file of {"prompt": str} or {"messages": [{"role", "content"}, ...]} lines."""
+    """The prompts of a jsonl file of {"prompt": str}, {"messages": [{"role", "content"}, ...]} or {"text": str}
+    lines."""
     prompts: list[Prompt] = []
     for number, record in enumerate(read_jsonl(path, ()), start=1):
-        prompt, messages = record.get("prompt"), record.get("messages")
+        prompt, messages, text = record.get("prompt"), record.get("messages"), record.get("text")
         if isinstance(prompt, str) and prompt.strip():
             prompts.append(prompt)
+        elif isinstance(text, str) and text.strip():
+            prompts.append(Continuation(text))
         elif isinstance(messages, list) and messages and all(_is_message(m) for m in messages):
             users = [i for i, m in enumerate(messages) if m["role"] == "user"]
             if not users:
                 raise BenchError(f"{path}: record {number} has no user message")
             prompts.append(messages[: users[-1] + 1])  # a trailing answer is the target's to generate
         else:
-            raise BenchError(f'{path}: record {number} needs a non-empty "prompt" string or a "messages" list')
+            raise BenchError(f'{path}: record {number} needs a "prompt" or "text" string or a "messages" list')
     if not prompts:
         raise BenchError(f"{path} holds no prompts")
     return prompts
@@ -132,7 +143,10 @@ def _is_message(message: Any) -> bool:
 
 
 def encode(tokenizer: Any, prompt: Prompt) -> list[int]:
-    """A prompt's ids in the target's chat template (plain text without one), as evaluation prompts are built."""
+    """A prompt's ids in the target's chat template (plain text without one), as evaluation prompts are built; a
+    continuation's ids as the tokenizer encodes its text."""
+    if isinstance(prompt, Continuation):
+        return list(tokenizer(prompt.text)["input_ids"])
     if isinstance(prompt, str):
         return encode_prompt(tokenizer, prompt)
     template = chat.load(chat.HF, tokenizer)

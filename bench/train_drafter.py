@@ -7,6 +7,10 @@ layout (`save_heads` / `save_layer`, so `--draft-heads DIR` loads it) plus `chec
 target artifact, the step), `optimizer.pt`, `history.csv`, `loss.png` and `distill.jsonl`. The same command
 resumes it; another recipe or target is refused.
 
+`--dtype bfloat16` runs the frozen target (answers, features, its embedding and LM head in the loss) in bf16 and
+trains in mixed precision, as the references do (accelerate's bf16 autocast): the drafter's weights and optimizer
+stay fp32 and the loss's forward runs under bf16 autocast. The default, float32, runs everything in fp32.
+
 Recipes (the references' optimizer settings; the warm-up is linear over the first 10% of the first run's
 --steps, then the rate stays constant so a run can be extended):
 - medusa (FasterDecoding/Medusa README command, HF Trainer defaults): lr 1e-3, betas (0.9, 0.999), weight decay 0,
@@ -95,6 +99,7 @@ class DrafterConfig:
     model: str
     out: str
     data: str | None = None  # a jsonl of prompts; None: the default mix
+    dtype: str = "float32"  # the target's; bfloat16/float16: mixed-precision training (fp32 drafter weights)
     data_dir: str | None = None
     prompts: int | None = None  # None: DEFAULT_PROMPTS of the mix, every prompt of a --data file
     answer_tokens: int = 128
@@ -120,6 +125,7 @@ class DrafterConfig:
                   "batch_size": self.batch_size, "save_every": self.save_every, "threads": self.threads,
                   **self.recipe}  # fmt: skip
         check_counts(counts, self.eval_samples, self.eval_every, self.lr)
+        models.resolve_dtype(self.dtype)
         if self.data is not None and not Path(self.data).is_file():
             raise BenchError(f"data file {self.data} does not exist")
 
@@ -128,6 +134,8 @@ class DrafterConfig:
         free = {"steps", "eval_every", "save_every", "threads", "data_dir", "out", "data", "answers_from"}
         fields = {k: v for k, v in asdict(self).items() if k not in free}
         fields["data"] = {"file": portable(self.data), "sha256": file_sha256(Path(self.data))} if self.data else None
+        if self.dtype == "float32":
+            del fields["dtype"]  # runs from before --dtype trained in fp32 and resume
         return fields
 
 
@@ -167,12 +175,18 @@ class Run:
             mask[b, len(s.prompt) - 1 : len(s.ids) - 1] = True
         return hidden.to(param.device), tokens.to(param.device), mask.to(param.device)
 
+    def autocast(self) -> torch.autocast:
+        """The loss's precision: the target's dtype under autocast (mixed precision), or plain fp32."""
+        dtype = models.resolve_dtype(self.config.dtype)
+        return torch.autocast(self.target.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
     def train_step(self) -> float:
         """One optimizer step at the warmed-up learning rate; returns its loss."""
         config, kind = self.config, KINDS[self.config.kind]
         for group in self.optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (self.step + 1) / self.record["warmup_steps"])
-        loss, _ = self.loss(self.module, self.target, *self.batch(self.draw()))
+        with self.autocast():
+            loss, _ = self.loss(self.module, self.target, *self.batch(self.draw()))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -202,7 +216,8 @@ class Run:
         held_out = list(range(self.n_train, len(self.sequences)))
         for start in range(0, len(held_out), self.config.batch_size):
             hidden, tokens, mask = self.batch(held_out[start : start + self.config.batch_size])
-            loss, metrics = self.loss(self.module, self.target, hidden, tokens, mask)
+            with self.autocast():
+                loss, metrics = self.loss(self.module, self.target, hidden, tokens, mask)
             weight = float(mask.sum())
             for name, value in {"loss": float(loss), **metrics}.items():
                 totals[name] = totals.get(name, 0.0) + weight * float(value)
@@ -267,7 +282,7 @@ def train(config: DrafterConfig, progress: bool = True) -> TrainResult:
     record = resume_record(out, config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    target = models.load(config.model)
+    target = models.load(config.model, dtype=config.dtype)
     if record is not None:
         check_artifact(record["target"], target.artifact, "target")
         if record["target_key"] != artifact_key(target.artifact):
@@ -299,13 +314,13 @@ def train(config: DrafterConfig, progress: bool = True) -> TrainResult:
         record["prompts"] = {"train": n_train, "held_out": config.eval_samples, "skipped_long": skipped}
         torch.manual_seed(config.seed)
         kind = KINDS[config.kind]
-        module = new(target, **{kind.options[k]: v for k, v in config.recipe.items()})
+        module = new(target, **{kind.options[k]: v for k, v in config.recipe.items()}).float()  # fp32 master weights
         module.train()
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, betas=kind.betas, weight_decay=kind.weight_decay)
         history: list[dict[str, Any]] = []
         if record["step"]:  # resume: the saved weights, optimizer and RNG state, and the history so far
-            module.load_state_dict(load(str(out), target).state_dict())
+            module.load_state_dict(load(str(out), target, dtype=torch.float32).state_dict())  # no rounding
             saved = torch.load(out / OPTIMIZER_FILE, weights_only=True)
             optimizer.load_state_dict(saved["optimizer"])
             torch.set_rng_state(saved["rng"])

@@ -89,10 +89,10 @@ def layer_config(target: LoadedModel) -> LlamaConfig:
     )  # fmt: skip
 
 
-def _place(layer: EagleLayer, target: LoadedModel) -> EagleLayer:
-    """On the target's device and dtype (as the reference's `ea_layer.to(base_model.dtype)`), holding a plain
-    (unregistered) view of the target's embedding for `save_layer`."""
-    layer = layer.to(device=target.device, dtype=next(target.model.parameters()).dtype)
+def _place(layer: EagleLayer, target: LoadedModel, dtype: torch.dtype | None = None) -> EagleLayer:
+    """On the target's device and dtype (as the reference's `ea_layer.to(base_model.dtype)`; `dtype` overrides
+    it), holding a plain (unregistered) view of the target's embedding for `save_layer`."""
+    layer = layer.to(device=target.device, dtype=dtype or next(target.model.parameters()).dtype)
     layer.target_embedding = target.model.get_input_embeddings().weight.detach()
     return layer
 
@@ -105,10 +105,13 @@ def new_layer(target: LoadedModel, bias: bool = True) -> EagleLayer:
 def eagle_loss(module: EagleLayer, target: LoadedModel, hidden: torch.Tensor, tokens: torch.Tensor,
                mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """The reference's loss on cached target features: pair t = (hidden[:, t], tokens[:, t + 1]) predicts
-    hidden[:, t + 1]; it counts where mask[:, t + 1] (the predicted feature's next token is an answer token)."""
-    head = target.model.get_output_embeddings().weight.detach().to(module.dtype)
+    hidden[:, t + 1]; it counts where mask[:, t + 1] (the predicted feature's next token is an answer token).
+    Under autocast (mixed-precision training) the target's head and embeddings stay in their own dtype."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else module.dtype
+    head = target.model.get_output_embeddings().weight.detach().to(dtype)
     with torch.no_grad():
-        embeds = target.model.get_input_embeddings()(tokens[:, 1:].to(target.device)).to(module.dtype)
+        embeds = target.model.get_input_embeddings()(tokens[:, 1:].to(target.device)).to(dtype)
     features, wanted = hidden[:, :-1].to(module.dtype), hidden[:, 1:].to(module.dtype)
     if module.training:  # AddUniformNoise: (U - 0.5) * std * 512 / length, length = the unpadded sequence
         last = torch.where(mask, torch.arange(mask.shape[1], device=mask.device), -1).amax(1)
@@ -120,11 +123,12 @@ def eagle_loss(module: EagleLayer, target: LoadedModel, hidden: torch.Tensor, to
     weight = mask[:, 1:].to(predicted)[..., None]
     count = weight.sum() + 1e-5
     with torch.no_grad():
-        target_logits = nn.functional.linear(wanted, head)
+        target_logits = nn.functional.linear(wanted, head).float()
         target_p = target_logits.softmax(-1)
-    logits = nn.functional.linear(predicted, head)
+    logits = nn.functional.linear(predicted, head).float()
     ploss = -(weight * target_p * logits.log_softmax(-1)).sum() / count
-    vloss = (weight * nn.functional.smooth_l1_loss(predicted, wanted, reduction="none")).mean(2).sum() / count
+    vloss = (weight * nn.functional.smooth_l1_loss(predicted.float(), wanted.float(), reduction="none")).mean(2).sum()
+    vloss = vloss / count
     loss = V_WEIGHT * vloss + P_WEIGHT * ploss
     with torch.no_grad():
         where = mask[:, 1:]
@@ -184,9 +188,9 @@ def _read_state(folder: Path, source: str) -> dict[str, torch.Tensor]:
     raise BenchError(f"--draft-heads {source}: no {' or '.join(WEIGHTS)} (SafeAILab/EAGLE's layout)")
 
 
-def load_layer(source: str, target: LoadedModel) -> EagleLayer:
-    """The draft layer in `source` (a folder or hub id in the reference's layout) for `target`; anything that does
-    not fit the target is one BenchError line."""
+def load_layer(source: str, target: LoadedModel, dtype: torch.dtype | None = None) -> EagleLayer:
+    """The draft layer in `source` (a folder or hub id in the reference's layout) for `target`, in the target's
+    dtype unless `dtype` is given; anything that does not fit the target is one BenchError line."""
     folder = _folder(source)
     try:
         raw = json.loads((folder / "config.json").read_text())
@@ -224,4 +228,4 @@ def load_layer(source: str, target: LoadedModel) -> EagleLayer:
                            (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys)  # fmt: skip
         raise BenchError(f"--draft-heads {source}: not SafeAILab/EAGLE's draft layer ({detail})")
     layer.load_state_dict(state)
-    return _place(layer, target).eval()
+    return _place(layer, target, dtype).eval()

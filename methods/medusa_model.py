@@ -192,9 +192,10 @@ def _layout(state: dict[str, torch.Tensor], folder: Path) -> tuple[int, int, int
     return heads, layers, int(hidden), int(vocab)
 
 
-def load_heads(source: str, target: LoadedModel) -> MedusaHeads:
+def load_heads(source: str, target: LoadedModel, dtype: torch.dtype | None = None) -> MedusaHeads:
     """Heads from a folder or hub id in the reference's layout, checked against `target` (hidden size, vocab,
-    and the target sha256 our training recorded); on the target's device and in its LM head's dtype."""
+    and the target sha256 our training recorded); on the target's device and in its LM head's dtype (or
+    `dtype`)."""
     folder = _folder(source)
     config, (state, weights) = _read_config(folder), _read_state(folder)
     heads, layers, hidden, vocab = _layout(state, folder)
@@ -219,4 +220,4 @@ def load_heads(source: str, target: LoadedModel) -> MedusaHeads:
     module.source = {"source": source, "file": weights.name, "sha256": file_sha256(weights),
                      "medusa_num_heads": heads, "medusa_num_layers": layers}  # fmt: skip
     lm_head = target.model.get_output_embeddings().weight
-    return module.to(device=lm_head.device, dtype=lm_head.dtype).eval()
+    return module.to(device=lm_head.device, dtype=dtype or lm_head.dtype).eval()

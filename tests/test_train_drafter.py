@@ -13,10 +13,12 @@ from typer.testing import CliRunner
 
 from bench import drafter_data
 from bench.cli import app
-from bench.drafter_data import default_prompts, evaluation_texts, normalize
+from bench.drafter_data import Continuation, default_prompts, encode, evaluation_texts, file_prompts, normalize
 from bench.train_drafter import Run
 from core import models
+from core.timing import Timer
 from methods.base import METHODS
+from methods.decode import StopRule
 from tasks.sources import load_rows
 from tests.conftest import REAL_DATA, make_model
 from tests.test_methods import PROMPTS, assert_equals_ar
@@ -158,7 +160,7 @@ def test_refusals_are_one_error_line(env, trained, tmp_path):
     make_model(len(target.tokenizer), seed=1).save_pretrained(other)
     target.tokenizer.save_pretrained(other)
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "hi"}\n{"text": "no prompt"}\n')
+    bad.write_text('{"prompt": "hi"}\n{"txt": "no prompt"}\n')
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("mine")
     cases = {
@@ -200,3 +202,31 @@ def test_answers_from_another_run_are_reused_not_regenerated(env, trained, monke
     other = env["root"] / "other-prompts"
     result = bench(*command(env, "eagle", other, *steps, "--prompts", "10", "--answers-from", trained["medusa"]))
     assert result.exit_code == 2 and "holds answers to other prompts" in result.output
+
+
+def test_text_records_are_continued_as_they_stand(env, tmp_path):
+    path = tmp_path / "code.jsonl"
+    code = "def add(a, b):\n    "
+    path.write_text(json.dumps({"text": code}) + "\n" + json.dumps({"prompt": code}) + "\n")
+    raw, chat = file_prompts(path)
+    assert raw == Continuation(code) and chat == code
+    tokenizer = models.load(str(env["model"])).tokenizer
+    assert encode(tokenizer, raw) == tokenizer(code)["input_ids"]
+    assert encode(tokenizer, chat) != encode(tokenizer, raw)  # the chat template wraps the other
+
+
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+def test_bfloat16_targets_train_in_mixed_precision(env, trained, kind):
+    out = env["root"] / f"bf16-{kind}"
+    result = bench(*command(env, kind, out, "--dtype", "bfloat16", "--answers-from", trained[kind]))
+    assert result.exit_code == 0, result.output
+    evals = [float(r["eval_loss"]) for r in history(out) if r["eval_loss"]]
+    assert len(evals) == 4 and evals[-1] < 0.9 * evals[0]
+    assert all(w.dtype == torch.float32 for name, w in weights(out).items() if "embed" not in name)  # fp32 master
+    record = json.loads((out / "checkpoint.json").read_text())
+    assert record["recipe"]["dtype"] == "bfloat16" and record["target"]["dtype"] == "bfloat16"
+    assert "dtype" not in json.loads((trained[kind] / "checkpoint.json").read_text())["recipe"]  # fp32: as before
+    target = models.load(str(env["model"]), dtype="bfloat16")
+    decoder = METHODS.get("medusa" if kind == "medusa" else "eagle2").create(target, None, {"draft_heads": str(out)})
+    got = decoder.generate(target.tokenizer(PROMPTS[0])["input_ids"], StopRule(8), Timer())
+    assert len(got.tokens) == sum(got.accepted) == 8  # loads and drafts in bf16
