@@ -31,10 +31,11 @@ import torch
 from core.errors import BenchError
 from core.models import LoadedModel
 from core.options import Options, option
+from methods import draft_vocab
 from methods.base import DraftingMethod, register
 from methods.decode import Draft, Drafter, Sampler
 from methods.draft_tree import TreeDrafter, TreeShape, _Tree
-from methods.eagle_model import EagleLayer, causal_mask, load_layer
+from methods.eagle_model import EagleLayer, causal_mask, drafter_folder, load_layer
 from methods.kvcache import new_cache
 
 # EAGLE-1's tree (eagle/model/choices.py) and CPU-sized trees in the same format
@@ -83,12 +84,12 @@ class PairCache:
     """The draft layer, its KV cache over pairs of REAL target features and the next tokens (the reference's
     stable_kv), the features not fed yet, and the draft output of the newest pair."""
 
-    def __init__(self, layer: EagleLayer, target: Any) -> None:
+    def __init__(self, layer: EagleLayer, target: Any, head: torch.nn.Module) -> None:
         self.model = layer
         self.cache = new_cache(layer)
         self.device = layer.fc.weight.device
         self.embed = target.get_input_embeddings()
-        self.head = target.get_output_embeddings()
+        self.head = head  # the target's LM head, or its rows of the draft vocabulary
         self.features: list[torch.Tensor] = []
         self.pairs = 0  # pairs in the cache: (feature_t, token_{t+1}) for t < pairs
         self.last: torch.Tensor | None = None
@@ -172,6 +173,7 @@ class ChoicesDrafter(EagleDrafter):
 @dataclass(frozen=True)
 class EagleOptions(Options):
     draft_heads: str | None = option(None, DRAFT_HEADS_HELP)
+    draft_vocab: int | None = option(None, draft_vocab.HELP, min=1)
     tree: str = option(
         "mc_sim_7b_63",
         "EAGLE-1's static tree: mc_sim_7b_63 (the reference's choices.py, 25 draft tokens); CPU-sized: cpu-11, chain-5",
@@ -185,6 +187,7 @@ SHAPE_FIELDS = ("depth", "children", "frontier", "max_nodes")
 @dataclass(frozen=True)
 class Eagle2Options(Options):
     draft_heads: str | None = option(None, DRAFT_HEADS_HELP)
+    draft_vocab: int | None = option(None, draft_vocab.HELP, min=1)
     tree: str = option(
         "reference",
         "EAGLE-2's dynamic tree: reference (EaModel's total_token=59, depth=5, top_k=10: 58 draft tokens, 6 levels, "
@@ -221,12 +224,17 @@ class _EagleMethod(DraftingMethod):
             raise BenchError(f"{self.name} needs a draft layer: --draft-heads PATH|HUB-ID (SafeAILab/EAGLE's layout), "
                              "or train one with `bench train eagle`")  # fmt: skip
         self.layer = load_layer(source, target)
+        self.head = target.model.get_output_embeddings()
+        n = self.options.draft_vocab  # type: ignore[attr-defined]
+        if n is not None:
+            ids = draft_vocab.frequent_tokens(drafter_folder(source), n, self.head.weight.shape[0])
+            self.head = draft_vocab.SubsetHead(self.head, ids)
 
     def manifest(self) -> dict[str, Any]:
         return {"draft_heads": self.options.draft_heads}  # type: ignore[attr-defined]
 
     def features(self) -> PairCache:
-        return PairCache(self.layer, self.target.model)
+        return PairCache(self.layer, self.target.model, self.head)
 
 
 @register

@@ -159,7 +159,7 @@ def save_layer(module: EagleLayer, folder: Path, meta: dict[str, Any]) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
 
 
-def _folder(source: str) -> Path:
+def drafter_folder(source: str) -> Path:
     """A local folder, or a hub id downloaded with huggingface_hub (refusals are one line)."""
     path = Path(source).expanduser()
     if path.is_dir():
@@ -191,7 +191,7 @@ def _read_state(folder: Path, source: str) -> dict[str, torch.Tensor]:
 def load_layer(source: str, target: LoadedModel, dtype: torch.dtype | None = None) -> EagleLayer:
     """The draft layer in `source` (a folder or hub id in the reference's layout) for `target`, in the target's
     dtype unless `dtype` is given; anything that does not fit the target is one BenchError line."""
-    folder = _folder(source)
+    folder = drafter_folder(source)
     try:
         raw = json.loads((folder / "config.json").read_text())
         raw = raw if isinstance(raw, dict) else None

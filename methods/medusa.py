@@ -31,9 +31,10 @@ import torch
 from core.errors import BenchError
 from core.models import LoadedModel
 from core.options import Options, option
+from methods import draft_vocab
 from methods.base import DraftingMethod, register
 from methods.decode import Draft, Drafter, Sampler
-from methods.medusa_model import MedusaHeads, load_heads
+from methods.medusa_model import MedusaHeads, heads_folder, load_heads
 
 # medusa_choices.py, one node a word of rank digits: "01" is [0, 1]. mc_sim_7b_63 is the reference's default
 # (`medusa_generate` falls back to it); vicuna_7b_stage2 is what it picks for Vicuna-7B heads.
@@ -176,6 +177,7 @@ class MedusaOptions(Options):
                                         min=0.0, max=1.0, label="eps")  # fmt: skip
     posterior_alpha: float = option(0.3, "typical acceptance: the entropy factor alpha (reference 0.3)", min=0.0,
                                     label="alpha")  # fmt: skip
+    draft_vocab: int | None = option(None, draft_vocab.HELP, min=1)
 
     @classmethod
     def unread(cls, values: dict[str, object]) -> set[str]:
@@ -202,6 +204,10 @@ class Medusa(DraftingMethod):
             raise BenchError("medusa needs trained heads: pass --draft-heads DIR|HUB-ID, or train them with "
                              "`bench train medusa --model M --out DIR`")  # fmt: skip
         self.heads = load_heads(o.draft_heads, target)
+        if o.draft_vocab is not None:  # each head's LM head keeps the draft vocabulary's rows
+            ids = draft_vocab.frequent_tokens(heads_folder(o.draft_heads), o.draft_vocab, self.heads.vocab_size)
+            for head in self.heads.medusa_head:
+                head[-1] = draft_vocab.SubsetHead(head[-1], ids)
         self.tree = MedusaTree(TREES[o.medusa_tree], self.heads.num_heads, self.heads.vocab_size)
 
     def max_step_tokens(self) -> int:

@@ -138,7 +138,7 @@ def save_heads(module: MedusaHeads, folder: Path, meta: dict[str, Any]) -> None:
     atomic_write(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
 
-def _folder(source: str) -> Path:
+def heads_folder(source: str) -> Path:
     """A local folder, or a hub id downloaded with huggingface_hub (one BenchError line when that fails)."""
     if Path(source).is_dir():
         return Path(source)
@@ -196,7 +196,7 @@ def load_heads(source: str, target: LoadedModel, dtype: torch.dtype | None = Non
     """Heads from a folder or hub id in the reference's layout, checked against `target` (hidden size, vocab,
     and the target sha256 our training recorded); on the target's device and in its LM head's dtype (or
     `dtype`)."""
-    folder = _folder(source)
+    folder = heads_folder(source)
     config, (state, weights) = _read_config(folder), _read_state(folder)
     heads, layers, hidden, vocab = _layout(state, folder)
     if config.get("medusa_num_layers", layers) != layers:

@@ -16,9 +16,11 @@ from bench.cli import app
 from bench.drafter_data import Continuation, default_prompts, encode, evaluation_texts, file_prompts, normalize
 from bench.train_drafter import Run
 from core import models
+from core.errors import BenchError
 from core.timing import Timer
 from methods.base import METHODS
 from methods.decode import StopRule
+from methods.draft_vocab import SubsetHead, frequent_tokens
 from tasks.sources import load_rows
 from tests.conftest import REAL_DATA, make_model
 from tests.test_methods import PROMPTS, assert_equals_ar
@@ -230,3 +232,37 @@ def test_bfloat16_targets_train_in_mixed_precision(env, trained, kind):
     decoder = METHODS.get("medusa" if kind == "medusa" else "eagle2").create(target, None, {"draft_heads": str(out)})
     got = decoder.generate(target.tokenizer(PROMPTS[0])["input_ids"], StopRule(8), Timer())
     assert len(got.tokens) == sum(got.accepted) == 8  # loads and drafts in bf16
+
+
+@pytest.mark.parametrize("method", ["medusa", "eagle", "eagle2"])
+def test_a_reduced_draft_vocabulary_drafts_only_its_tokens_and_decodes_as_ar(trained, env, method):
+    target = models.load(str(env["model"]))
+    folder = trained["medusa" if method == "medusa" else "eagle"]
+    decoder = METHODS.get(method).create(target, None, {"draft_heads": str(folder), "draft_vocab": 40})
+    assert_equals_ar(decoder, target, PROMPTS[:2], 24, method)
+    allowed = set(frequent_tokens(folder, 40, len(target.tokenizer)).tolist())
+    assert len(allowed) == 40 < len(target.tokenizer)
+    drafter, ids = decoder.drafter(), target.tokenizer(PROMPTS[0])["input_ids"]
+    with torch.no_grad():
+        hidden = target.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+    drafter.observe_hidden(hidden[:-1])
+    draft = drafter.propose(ids, 8)
+    assert draft is not None and draft.tokens and set(draft.tokens) <= allowed
+
+
+def test_the_draft_vocabulary_is_the_most_frequent_tokens_of_the_training_data(tmp_path):
+    lines = [{"prompt": [5, 5, 2], "answer": [7, 5, 9, 9]}, {"prompt": [1], "answer": [9, 3]}]
+    (tmp_path / "distill.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert frequent_tokens(tmp_path, 2, 12).tolist() == [5, 9]  # 3 each
+    assert frequent_tokens(tmp_path, 6, 12).tolist() == [1, 2, 3, 5, 7, 9]  # count 1: by id
+    assert frequent_tokens(tmp_path, 7, 12).tolist() == [0, 1, 2, 3, 5, 7, 9]  # unseen: the lowest id first
+    head = torch.nn.Linear(4, 12, bias=False)
+    subset = SubsetHead(head, torch.tensor([2, 9]))
+    x = torch.randn(3, 4)
+    logits = subset(x)
+    assert torch.allclose(logits[:, [2, 9]], head(x)[:, [2, 9]]) and logits[:, [0, 1, 3, 11]].isinf().all()
+    (tmp_path / "distill.jsonl").write_text('{"prompt": [1]}\n')
+    with pytest.raises(BenchError, match="not a bench train distill file"):
+        frequent_tokens(tmp_path, 2, 12)
+    with pytest.raises(BenchError, match="is missing"):
+        frequent_tokens(tmp_path / "none", 2, 12)
