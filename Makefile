@@ -119,14 +119,23 @@ reproduce-training-free-cpu: setup
 # (results/configs/cpu-drafters.yaml), the CPU table and the tree-size figure. EAGLE's lr is 5e-4, not the
 # reference's 3e-5 (a schedule of 800k steps; this run has 400).
 DRAFTERS_TRAIN = --model smollm2-135m --prompts 192 --threads 1
+# qwen2.5-coder-1.5b's code drafters: 320 HumanEval-shaped openings from Python's standard library
+# (scripts/code_prompts.py), 96-token answers, bf16 target with mixed-precision training
+CODE_TRAIN = --model qwen2.5-coder-1.5b --dtype bfloat16 --data ckpt/data/stdlib-code-prompts.jsonl --answer-tokens 96 \
+	--eval-samples 16 --eval-every 50 --save-every 25
 reproduce-drafters-cpu: setup
 	$(BIN)/bench train eagle $(DRAFTERS_TRAIN) --steps 400 --lr 5e-4 --eval-every 50 --save-every 50 --out ckpt/eagle-smollm2-135m
 	$(BIN)/bench train medusa $(DRAFTERS_TRAIN) --steps 150 --eval-every 25 --save-every 25 --answers-from ckpt/eagle-smollm2-135m \
 		--out ckpt/medusa-smollm2-135m
 	$(BIN)/bench train eagle --model qwen2.5-coder-1.5b --prompts 96 --answer-tokens 96 --steps 120 --lr 5e-4 \
 		--eval-samples 8 --eval-every 20 --save-every 20 --threads 1 --out ckpt/eagle-qwen2.5-coder-1.5b
+	$(BIN)/python scripts/code_prompts.py --out ckpt/data/stdlib-code-prompts.jsonl --prompts 320
+	$(BIN)/bench train eagle $(CODE_TRAIN) --steps $(CODE_EAGLE_STEPS) --lr 5e-4 --out ckpt/eagle-qwen2.5-coder-1.5b-code
+	$(BIN)/bench train medusa $(CODE_TRAIN) --steps $(CODE_MEDUSA_STEPS) --answers-from ckpt/eagle-qwen2.5-coder-1.5b-code \
+		--out ckpt/medusa-qwen2.5-coder-1.5b-code
 	mkdir -p results/cpu/drafters
-	for d in eagle-smollm2-135m medusa-smollm2-135m eagle-qwen2.5-coder-1.5b; do \
+	for d in eagle-smollm2-135m medusa-smollm2-135m eagle-qwen2.5-coder-1.5b eagle-qwen2.5-coder-1.5b-code \
+		medusa-qwen2.5-coder-1.5b-code; do \
 		for f in checkpoint.json history.csv loss.png; do cp ckpt/$$d/$$f results/cpu/drafters/$$d-$$f || exit 1; done; \
 		sha256sum ckpt/$$d/*.safetensors ckpt/$$d/medusa_lm_head.pt 2>/dev/null; \
 	done > results/cpu/drafters/SHA256SUMS

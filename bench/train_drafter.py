@@ -8,8 +8,9 @@ target artifact, the step), `optimizer.pt`, `history.csv`, `loss.png` and `disti
 resumes it; another recipe or target is refused.
 
 `--dtype bfloat16` runs the frozen target (answers, features, its embedding and LM head in the loss) in bf16 and
-trains in mixed precision, as the references do (accelerate's bf16 autocast): the drafter's weights and optimizer
-stay fp32 and the loss's forward runs under bf16 autocast. The default, float32, runs everything in fp32.
+trains in mixed precision, as EAGLE's eagle/train/main.py does (`Accelerator(mixed_precision='bf16')`): the
+drafter's weights and optimizer stay fp32 and the loss's forward runs under bf16 autocast. The default, float32,
+runs everything in fp32.
 
 Recipes (the references' optimizer settings; the warm-up is linear over the first 10% of the first run's
 --steps, then the rate stays constant so a run can be extended):

@@ -42,6 +42,12 @@ def tree_size(method: str, options: dict[str, str]) -> int:
     return Eagle2Options(tree=options.get("tree", "reference"), **given).shape().max_nodes
 
 
+def drafter(options: dict[str, str]) -> str:
+    """Which drafter a row ran: the heads' or layer's folder name, and its draft vocabulary if reduced."""
+    name = Path(options.get("heads") or options.get("draft_heads") or "?").name
+    return f"{name}, vocab {options['draft_vocab']}" if options.get("draft_vocab") not in (None, "None") else name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("summary", type=Path)
@@ -50,12 +56,15 @@ def main() -> None:
     df = pd.read_csv(args.summary)
     df = df[df["method"].isin(METHODS) & (df["category"] == "all") & df["temperature"].fillna(0).eq(0)].copy()
     df["size"] = [tree_size(m, settings(s)) for m, s in zip(df["method"], df["settings"], strict=True)]
+    df["drafter"] = [drafter(settings(s)) for s in df["settings"]]
     fig, (speed, tau) = plt.subplots(1, 2, figsize=(13, 5.5))
-    models = sorted(df["model"].unique())
     tasks = sorted(df["task"].astype(str).unique())
-    for (model, method, task), rows in df.sort_values("size").groupby(["model", "method", "task"], sort=False):
-        colour, label = method_colour(method), f"{method}, {model}, {task}"
-        line, marker = ("-", "--", ":")[models.index(model) % 3], "os^D"[tasks.index(task) % 4]
+    drafters = sorted(df["drafter"].unique())
+    groups = df.sort_values("size").groupby(["method", "task", "drafter"], sort=False)
+    for (method, task, name), rows in groups:
+        colour, label = method_colour(method), f"{method}, {task}: {name}"
+        line = ("-", "--", ":", "-.")[drafters.index(name) % 4]
+        marker = "os^D"[tasks.index(task) % 4]
         style = {"color": colour, "ls": line, "marker": marker}
         err = [rows["speedup"] - rows["speedup_ci_low"], rows["speedup_ci_high"] - rows["speedup"]]
         speed.errorbar(rows["size"], rows["speedup"], yerr=err, capsize=3, label=label, **style)
@@ -68,7 +77,7 @@ def main() -> None:
         ax.set_xticks([4, 8, 16, 32, 64], ["4", "8", "16", "32", "64"])
         ax.grid(alpha=0.3)
     speed.legend(fontsize=7)
-    fig.suptitle("Trained drafters: tree size on this CPU (greedy; line style: model, marker: task)")
+    fig.suptitle("Trained drafters: tree size on this CPU (greedy; line style: drafter, marker: task)")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
