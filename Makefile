@@ -83,7 +83,8 @@ check-ci: setup
 reproduce-cpu: setup
 	$(BIN)/bench sweep results/configs/cpu.yaml --no-report
 	$(BIN)/bench sweep results/configs/cpu-spec.yaml --no-report
-	$(BIN)/bench report results/cpu/runs --out results/cpu --against lookahead --against spec-bench --against llm-to-slm
+	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn results/cpu/runs-code --out results/cpu \
+		--against lookahead --against spec-bench --against llm-to-slm
 
 # The cost model on CPU (about 30 minutes here): the forward cost curve of smollm2-135m per kernel backend
 # (results/cpu/profile/) and compiled (results/cpu/profile-compile/), then pld with its hand-set draft length and with --budget auto on Spec-Bench's six groups,
@@ -95,7 +96,7 @@ reproduce-budget-cpu: setup
 		--out results/cpu/profile-compile
 	$(BIN)/bench sweep results/configs/cpu-budget.yaml --no-report
 	$(BIN)/bench sweep results/configs/cpu-budget-onednn.yaml --no-report
-	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn --out results/cpu \
+	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn results/cpu/runs-code --out results/cpu \
 		--against lookahead --against spec-bench --against llm-to-slm
 
 # The training-free drafters on CPU (about an hour here): a REST datastore from the WMT 2015-2019 English
@@ -110,7 +111,7 @@ reproduce-training-free-cpu: setup
 		--from $${DECODEBENCH_DATA:-../shared/data}/tiny_corpus/tinystories_sample.txt --out $(DATASTORE)
 	$(BIN)/bench sweep results/configs/cpu-training-free.yaml --no-report
 	$(BIN)/bench sweep results/configs/cpu-training-free-qwen.yaml --no-report
-	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn --out results/cpu \
+	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn results/cpu/runs-code --out results/cpu \
 		--against lookahead --against spec-bench --against llm-to-slm
 
 # The trained drafters on CPU: an EAGLE draft layer and 3 Medusa heads for smollm2-135m, self-distilled on 192 prompts
@@ -121,6 +122,8 @@ reproduce-training-free-cpu: setup
 DRAFTERS_TRAIN = --model smollm2-135m --prompts 192 --threads 1
 # qwen2.5-coder-1.5b's code drafters: 320 HumanEval-shaped openings from Python's standard library
 # (scripts/code_prompts.py), 96-token answers, bf16 target with mixed-precision training
+CODE_EAGLE_STEPS = 400
+CODE_MEDUSA_STEPS = 120
 CODE_TRAIN = --model qwen2.5-coder-1.5b --dtype bfloat16 --data ckpt/data/stdlib-code-prompts.jsonl --answer-tokens 96 \
 	--eval-samples 16 --eval-every 50 --save-every 25
 reproduce-drafters-cpu: setup
@@ -141,7 +144,8 @@ reproduce-drafters-cpu: setup
 	done > results/cpu/drafters/SHA256SUMS
 	$(BIN)/bench sweep results/configs/cpu-drafters.yaml --no-report
 	$(BIN)/bench sweep results/configs/cpu-drafters-qwen.yaml --no-report
-	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn --out results/cpu \
+	$(BIN)/bench sweep results/configs/cpu-drafters-code.yaml --no-report
+	$(BIN)/bench report results/cpu/runs results/cpu/runs-onednn results/cpu/runs-code --out results/cpu \
 		--against lookahead --against spec-bench --against llm-to-slm
 	$(BIN)/python scripts/plot_tree_size.py results/cpu/summary.csv --out results/cpu/tree_size.png
 
