@@ -99,7 +99,10 @@ def speedup_by_task(df: pd.DataFrame, palette: Palette | None = None) -> plt.Fig
         return None
     palette = palette or Palette.of(df)
     panels = list(dict.fromkeys(rows["panel"]))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 5.2 * len(panels)), squeeze=False, layout="constrained")
+    entries = [rows.loc[rows["panel"] == p, "label"].nunique() for p in panels]
+    heights = [4.4 + 0.17 * -(-n // 2) for n in entries]  # the axes, then the legend's rows of two entries
+    fig, axes = plt.subplots(len(panels), 1, figsize=(15, sum(heights)), height_ratios=heights, squeeze=False,
+                             layout="constrained")  # fmt: skip
     for ax, panel in zip(axes[:, 0], panels, strict=True):
         places = _grouped_bars(ax, rows[rows["panel"] == panel], palette)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
@@ -107,7 +110,7 @@ def speedup_by_task(df: pd.DataFrame, palette: Palette | None = None) -> plt.Fig
         ax.set_xticks(range(len(places)), places, rotation=12 if crowded else 0, ha="right" if crowded else "center")
         ax.set(xlim=(-0.5, len(places) - 0.5), ylim=(0, ax.get_ylim()[1] * 1.08), ylabel="speedup over AR")
         ax.set_title(f"{panel}: speedup by task ({CI_TEXT})", fontsize=10)
-        ax.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2 if crowded else -0.08))
+        ax.legend(fontsize=7, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.2 if crowded else -0.08))
     return fig
 
 
@@ -154,7 +157,9 @@ def speedup_vs_tau(df: pd.DataFrame, palette: Palette | None = None) -> plt.Figu
     panels, places = list(dict.fromkeys(rows["panel"])), list(dict.fromkeys(rows["place"]))
     cols = min(2, len(panels))
     nrows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols + 2, 5 * nrows), squeeze=False, layout="constrained")
+    legend_rows = -(-rows["label"].nunique() // cols)  # the method legend below the panels
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols + 2, 5 * nrows + 0.2 * legend_rows + 0.6), squeeze=False,
+                             layout="constrained")  # fmt: skip
     handles: dict[str, Patch] = {}
     for ax, panel in zip(axes.flat, panels, strict=False):
         handles |= _tau_panel(ax, rows[rows["panel"] == panel], palette, places, overheads)

@@ -42,10 +42,14 @@ def tree_size(method: str, options: dict[str, str]) -> int:
     return Eagle2Options(tree=options.get("tree", "reference"), **given).shape().max_nodes
 
 
-def drafter(options: dict[str, str]) -> str:
-    """Which drafter a row ran: the heads' or layer's folder name, and its draft vocabulary if reduced."""
+def drafter(options: dict[str, str]) -> tuple[str, str | None]:
+    """Which drafter a row ran (the heads' or layer's folder name) and its reduced draft vocabulary (None: all)."""
     name = Path(options.get("heads") or options.get("draft_heads") or "?").name
-    return f"{name}, vocab {options['draft_vocab']}" if options.get("draft_vocab") not in (None, "None") else name
+    vocab = options.get("draft_vocab")
+    return name, None if vocab in (None, "None") else vocab
+
+
+LINES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 
 
 def main() -> None:
@@ -56,16 +60,17 @@ def main() -> None:
     df = pd.read_csv(args.summary)
     df = df[df["method"].isin(METHODS) & (df["category"] == "all") & df["temperature"].fillna(0).eq(0)].copy()
     df["size"] = [tree_size(m, settings(s)) for m, s in zip(df["method"], df["settings"], strict=True)]
-    df["drafter"] = [drafter(settings(s)) for s in df["settings"]]
-    fig, (speed, tau) = plt.subplots(1, 2, figsize=(13, 5.5))
+    df["drafter"], df["vocab"] = zip(*[drafter(settings(s)) for s in df["settings"]], strict=True)
+    df["vocab"] = df["vocab"].fillna("all")
+    fig, (speed, tau) = plt.subplots(1, 2, figsize=(17, 6))
     tasks = sorted(df["task"].astype(str).unique())
     drafters = sorted(df["drafter"].unique())
-    groups = df.sort_values("size").groupby(["method", "task", "drafter"], sort=False)
-    for (method, task, name), rows in groups:
-        colour, label = method_colour(method), f"{method}, {task}: {name}"
-        line = ("-", "--", ":", "-.")[drafters.index(name) % 4]
-        marker = "os^D"[tasks.index(task) % 4]
-        style = {"color": colour, "ls": line, "marker": marker}
+    groups = df.sort_values("size").groupby(["method", "task", "drafter", "vocab"], sort=False)
+    for (method, task, name, vocab), rows in groups:
+        reduced = vocab != "all"
+        label = f"{method}, {task}: {name}" + (f", vocab {vocab}" if reduced else "")
+        style = {"color": method_colour(method), "ls": LINES[drafters.index(name) % len(LINES)],
+                 "marker": "os^D"[tasks.index(task) % 4], "mfc": "white" if reduced else None}  # fmt: skip
         err = [rows["speedup"] - rows["speedup_ci_low"], rows["speedup_ci_high"] - rows["speedup"]]
         speed.errorbar(rows["size"], rows["speedup"], yerr=err, capsize=3, label=label, **style)
         tau.plot(rows["size"], rows["tau"], label=label, **style)
@@ -76,8 +81,11 @@ def main() -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks([4, 8, 16, 32, 64], ["4", "8", "16", "32", "64"])
         ax.grid(alpha=0.3)
-    speed.legend(fontsize=7)
-    fig.suptitle("Trained drafters: tree size on this CPU (greedy; line style: drafter, marker: task)")
+    tau.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(
+        "Trained drafters: tree size on this CPU (greedy; colour: method, line: drafter, marker: task; "
+        "hollow: reduced draft vocabulary)"
+    )
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
