@@ -45,6 +45,7 @@ STORIES = "tiny_corpus/tinystories_sample.txt"
 STORY_TEMPLATE = "Continue the story: {opening}"
 TARGET_BATCH = 16  # sequences per generate() call and per feature forward (fixed: padding changes the numbers)
 MAX_PROMPT_TOKENS = 1024  # longer prompts are skipped (truncating would cut the chat template)
+DEFAULT_PROMPTS = 256  # of the default mix (a --data file: all its prompts)
 FEATURE_DTYPE = torch.bfloat16
 
 
@@ -155,6 +156,20 @@ def encode(tokenizer: Any, prompt: Prompt) -> list[int]:
     text = tokenizer.apply_chat_template(prompt, chat_template=template.source, add_generation_prompt=True,
                                          tokenize=False)  # fmt: skip
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def load_prompts(tokenizer: Any, data: str | None, data_dir: Path | None, n: int | None, seed: int,
+                 eval_samples: int) -> tuple[list[list[int]], int]:  # fmt: skip
+    """The encoded training prompts (the mix's `n`, or the first `n` of the --data file) and how many were skipped as
+    too long."""
+    texts = file_prompts(Path(data))[:n] if data is not None else default_prompts(data_dir, n or DEFAULT_PROMPTS, seed)
+    if eval_samples >= len(texts):
+        raise BenchError(f"--eval-samples {eval_samples} leaves no training prompts ({len(texts)} prompts)")
+    encoded = [encode(tokenizer, t) for t in texts]
+    kept = [p for p in encoded if len(p) <= MAX_PROMPT_TOKENS]
+    if len(kept) <= eval_samples:
+        raise BenchError(f"too few prompts within {MAX_PROMPT_TOKENS} tokens ({len(kept)})")
+    return kept, len(encoded) - len(kept)
 
 
 def read_distilled(path: Path, prompts: list[list[int]]) -> list[Sequence]:

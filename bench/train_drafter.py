@@ -51,7 +51,6 @@ from core.models import LoadedModel
 from methods.llm2slm import check_artifact
 from tasks.base import resolve_data_dir
 
-DEFAULT_PROMPTS = 256  # of the default mix (a --data file: all its prompts)
 WARMUP_FRACTION = 0.1  # Medusa's warmup_ratio
 
 
@@ -102,7 +101,7 @@ class DrafterConfig:
     data: str | None = None  # a jsonl of prompts; None: the default mix
     dtype: str = "float32"  # the target's; bfloat16/float16: mixed-precision training (fp32 drafter weights)
     data_dir: str | None = None
-    prompts: int | None = None  # None: DEFAULT_PROMPTS of the mix, every prompt of a --data file
+    prompts: int | None = None  # None: data.DEFAULT_PROMPTS of the mix, every prompt of a --data file
     answer_tokens: int = 128
     steps: int = 200
     batch_size: int | None = None  # None: the kind's
@@ -251,21 +250,6 @@ class Run:
         write_record(self.out, self.record)
 
 
-def load_prompts(config: DrafterConfig, target: LoadedModel) -> tuple[list[list[int]], int]:
-    """The encoded training prompts (the mix, or the --data file's) and how many were skipped as too long."""
-    if config.data is not None:
-        texts = data.file_prompts(Path(config.data))[: config.prompts]
-    else:
-        texts = data.default_prompts(resolve_data_dir(config.data_dir), config.prompts or DEFAULT_PROMPTS, config.seed)
-    if config.eval_samples >= len(texts):
-        raise BenchError(f"--eval-samples {config.eval_samples} leaves no training prompts ({len(texts)} prompts)")
-    encoded = [data.encode(target.tokenizer, t) for t in texts]
-    kept = [p for p in encoded if len(p) <= data.MAX_PROMPT_TOKENS]
-    if len(kept) <= config.eval_samples:
-        raise BenchError(f"too few prompts within {data.MAX_PROMPT_TOKENS} tokens ({len(kept)})")
-    return kept, len(encoded) - len(kept)
-
-
 @dataclass
 class TrainResult:
     """What `train` returns: the output folder, the step reached, the history and the trained module."""
@@ -289,7 +273,8 @@ def train(config: DrafterConfig, progress: bool = True) -> TrainResult:
         if record["target_key"] != artifact_key(target.artifact):
             raise BenchError(f"{out} was trained for other weights of the target {config.model}; use another --out")
     new, loss, save, load = KINDS[config.kind].functions(config.kind)
-    prompts, skipped = load_prompts(config, target)
+    prompts, skipped = data.load_prompts(target.tokenizer, config.data, resolve_data_dir(config.data_dir),
+                                         config.prompts, config.seed, config.eval_samples)  # fmt: skip
     if record is None:
         warmup = max(1, round(WARMUP_FRACTION * config.steps))
         record = {"kind": config.kind, "recipe": config.identity(), "target": target.artifact, "step": 0,

@@ -84,12 +84,12 @@ class PairCache:
     """The draft layer, its KV cache over pairs of REAL target features and the next tokens (the reference's
     stable_kv), the features not fed yet, and the draft output of the newest pair."""
 
-    def __init__(self, layer: EagleLayer, target: Any, head: torch.nn.Module) -> None:
+    def __init__(self, layer: EagleLayer, target: Any, head: torch.nn.Module | None = None) -> None:
         self.model = layer
         self.cache = new_cache(layer)
         self.device = layer.fc.weight.device
         self.embed = target.get_input_embeddings()
-        self.head = head  # the target's LM head, or its rows of the draft vocabulary
+        self.head = head or target.get_output_embeddings()  # or the draft vocabulary's rows of it
         self.features: list[torch.Tensor] = []
         self.pairs = 0  # pairs in the cache: (feature_t, token_{t+1}) for t < pairs
         self.last: torch.Tensor | None = None
