@@ -89,7 +89,7 @@ class PairCache:
         self.cache = new_cache(layer)
         self.device = layer.fc.weight.device
         self.embed = target.get_input_embeddings()
-        self.head = head or target.get_output_embeddings()  # or the draft vocabulary's rows of it
+        self.head = target.get_output_embeddings() if head is None else head  # or the draft vocabulary's rows
         self.features: list[torch.Tensor] = []
         self.pairs = 0  # pairs in the cache: (feature_t, token_{t+1}) for t < pairs
         self.last: torch.Tensor | None = None
