@@ -20,6 +20,7 @@ from methods.ar import Autoregressive
 from methods.base import METHODS
 from methods.decode import Sampler, StopRule, verify_loop
 from methods.draft_tree import TreeShape
+from methods.draft_vocab import SubsetHead
 from methods.eagle import CHOICES, SIZES, ChoicesDrafter, ChoiceTree, EagleDrafter, PairCache
 from methods.eagle_model import causal_mask, eagle_loss, load_layer, new_layer, save_layer
 from methods.kvcache import new_cache
@@ -227,7 +228,8 @@ class TopK(ChoicesDrafter):
 
 def test_sampling_matches_target_distribution(small_pair):  # noqa: F811
     """Children drawn without replacement with their recursive rows keep the target's distribution, for EAGLE-1's
-    choices tree and EAGLE-2's dynamic tree; the test catches top-k children passed off as samples."""
+    choices tree and EAGLE-2's dynamic tree, also when the draft sees only half the vocabulary (draft_vocab); the
+    test catches top-k children passed off as samples."""
     target, _ = small_pair
     sampler = Sampler(temperature=1.0, seed=0)
     prompt, steps, n = [1, 2, 3], 4, 2000
@@ -236,9 +238,11 @@ def test_sampling_matches_target_distribution(small_pair):  # noqa: F811
     layer = new_layer(LoadedModel(target, NoTokenizer(), {}))
     choices = ChoiceTree([[0], [1], [2], [0, 0], [0, 1], [1, 0]])
     dynamic = TreeShape("dynamic", depth=2, children=3, frontier=2, max_nodes=4)
+    subset = SubsetHead(target.get_output_embeddings(), torch.arange(0, VOCAB, 2))  # a reduced draft vocabulary
     makers = [
         lambda: ChoicesDrafter(PairCache(layer, target), choices, sampler),
         lambda: EagleDrafter(PairCache(layer, target), dynamic, sampler),
+        lambda: EagleDrafter(PairCache(layer, target, subset), dynamic, sampler),
     ]
     for make in makers:
         assert not chi_square_rejects(empirical(make, target, prompt, steps, sampler, n), exact, n)
