@@ -14,13 +14,13 @@ as in the EAGLE-1/2 and Medusa references.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from core.errors import BenchError
+from core.files import read_jsonl
 
 COUNTS_FILE = "distill.jsonl"
 HELP = (
@@ -36,8 +36,7 @@ def frequent_tokens(folder: Path, n: int, vocab: int) -> torch.Tensor:
         raise BenchError(f"draft_vocab needs token counts: {path} is missing (bench train writes it)")
     counts = torch.zeros(vocab, dtype=torch.long)
     try:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
+        for record in read_jsonl(path, ()):
             ids = torch.tensor(record["prompt"] + record["answer"], dtype=torch.long)
             counts += torch.bincount(ids, minlength=vocab)[:vocab]
     except (ValueError, KeyError, TypeError, RuntimeError) as error:

@@ -65,10 +65,10 @@ def main() -> None:
     fig, (speed, tau) = plt.subplots(1, 2, figsize=(17, 6))
     tasks = sorted(df["task"].astype(str).unique())
     drafters = sorted(df["drafter"].unique())
-    groups = df.sort_values("size").groupby(["method", "task", "drafter", "vocab"], sort=False)
-    for (method, task, name, vocab), rows in groups:
+    groups = df.sort_values("size").groupby(["method", "task", "drafter", "vocab", "samples"], sort=False)
+    for (method, task, name, vocab, samples), rows in groups:  # other sample sets: other lines
         reduced = vocab != "all"
-        label = f"{method}, {task}: {name}" + (f", vocab {vocab}" if reduced else "")
+        label = f"{method}, {task} (n={samples}): {name}" + (f", vocab {vocab}" if reduced else "")
         style = {"color": method_colour(method), "ls": LINES[drafters.index(name) % len(LINES)],
                  "marker": "os^D"[tasks.index(task) % 4], "mfc": "white" if reduced else None}  # fmt: skip
         err = [rows["speedup"] - rows["speedup_ci_low"], rows["speedup_ci_high"] - rows["speedup"]]
